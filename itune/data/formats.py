@@ -1,0 +1,122 @@
+"""Row formats: one raw row (a plain dict) → messages `[{"role": ..., "content": ...}]`.
+
+Each format names the fields it reads; a field map renames a dataset's own columns to them, e.g.
+`fields: {instruction: question, output: answer}` reads `question`/`answer` as alpaca's instruction/output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from itune.data.templates import Message, check_messages
+
+
+class RowError(ValueError):
+    """A row does not have the fields or types its format needs."""
+
+
+def _text(row: Mapping[str, Any], key: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise RowError(f"missing field {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"field {key!r} must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RowError(f"field {key!r} is empty")
+    return value
+
+
+def _turns(user: str, assistant: str) -> list[Message]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def alpaca(row: Mapping[str, Any]) -> list[Message]:
+    """Alpaca: instruction, optional input, output.
+
+    >>> alpaca({"instruction": "Add.", "input": "1+1", "output": "2"})[0]["content"]
+    'Add.\\n\\n1+1'
+    """
+    instruction, extra = _text(row, "instruction"), _text(row, "input", required=False)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return _turns(user, _text(row, "output"))
+
+
+def dolly(row: Mapping[str, Any]) -> list[Message]:
+    """Dolly: instruction, optional context, response.
+
+    >>> dolly({"instruction": "Who?", "context": "Ann wrote it.", "response": "Ann"})[0]["content"]
+    'Ann wrote it.\\n\\nWho?'
+    """
+    instruction, context = _text(row, "instruction"), _text(row, "context", required=False)
+    user = f"{context}\n\n{instruction}" if context.strip() else instruction
+    return _turns(user, _text(row, "response"))
+
+
+def flan(row: Mapping[str, Any]) -> list[Message]:
+    """FLAN / P3: inputs, targets.
+
+    >>> flan({"inputs": "Is the sky blue?", "targets": "yes"})[1]
+    {'role': 'assistant', 'content': 'yes'}
+    """
+    return _turns(_text(row, "inputs"), _text(row, "targets"))
+
+
+def messages(row: Mapping[str, Any]) -> list[Message]:
+    """Chat: a `messages` list of role/content turns (optional leading system turn).
+
+    >>> messages({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})[1]
+    {'role': 'assistant', 'content': 'Yo'}
+    """
+    turns = row.get("messages")
+    if turns is None:
+        raise RowError("missing field 'messages'")
+    try:
+        check_messages(turns)
+    except ValueError as e:
+        raise RowError(str(e)) from e
+    turns = [{"role": m["role"], "content": m["content"]} for m in turns]
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in turns):
+        raise RowError("no assistant turn with content (nothing to train on)")
+    return turns
+
+
+FORMATS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
+    "alpaca": alpaca,
+    "dolly": dolly,
+    "flan": flan,
+    "messages": messages,
+}
+FIELDS = {
+    "alpaca": ["instruction", "input (optional)", "output"],
+    "dolly": ["instruction", "context (optional)", "response"],
+    "flan": ["inputs", "targets"],
+    "messages": ["messages: [{role, content}, ...]"],
+}
+
+
+def get_format(name: str) -> Callable[[Mapping[str, Any]], list[Message]]:
+    """The row → messages function of a format name; ValueError listing the valid names."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; valid formats: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def to_messages(row: Mapping[str, Any], format: str, fields: Mapping[str, str] | None = None) -> list[Message]:
+    """Convert one row with a format and an optional field map {format field: column name}.
+
+    >>> to_messages({"q": "Hi?", "a": "Hello."}, "alpaca", {"instruction": "q", "output": "a"})[1]["content"]
+    'Hello.'
+    """
+    fn = get_format(format)
+    if fields:
+        absent = [have for have in fields.values() if have not in row]
+        if absent:
+            raise RowError(f"missing column(s) {absent} named in the field map {dict(fields)}")
+        row = {**row, **{want: row[have] for want, have in fields.items()}}
+    try:
+        return fn(row)
+    except RowError as e:
+        raise RowError(f"{e}; format {format!r} expects fields {FIELDS[format]}") from None

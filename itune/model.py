@@ -1,0 +1,137 @@
+"""Load base models and tokenizers (hub id, local directory, or a tiny random model) and apply peft."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+log = logging.getLogger(__name__)
+
+# Markers of the built-in templates, so every template works with the byte-level test tokenizer.
+BYTE_SPECIAL_TOKENS = [
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+CHATML_JINJA = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A 265-token tokenizer (256 bytes + the built-in templates' markers) that needs no download.
+
+    Every byte is one token, so any text round-trips exactly; it carries a ChatML chat_template.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": BYTE_SPECIAL_TOKENS[3:]})
+    fast.chat_template = CHATML_JINJA
+    fast.name_or_path = "itune/byte-level"
+    return fast
+
+
+def tiny_llama(
+    vocab_size: int = 320,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """A randomly initialised small Llama for tests and smoke runs (no download).
+
+    The vocabulary is larger than the byte tokenizer's 265 tokens, as real models pad theirs.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_causal_lm(
+    name_or_path: str,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from a hub id or a local directory.
+
+    Args:
+        name_or_path: hub id (e.g. `Qwen/Qwen2.5-0.5B`) or a local model directory.
+        dtype: torch dtype name of the weights (`float32`, `bfloat16`, `float16`).
+        attn_implementation: `sdpa`, `eager` or `flash_attention_2` (needs the flash-attn package).
+        revision: git revision on the hub, pinned for reproducible runs.
+        trust_remote_code: run modelling code from the model repository; off unless a user sets it.
+        gguf_file: a GGUF file inside `name_or_path` to dequantize and load.
+    """
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        dtype=getattr(torch, dtype),
+        attn_implementation=attn_implementation,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        gguf_file=gguf_file,
+    )
+
+
+def load_tokenizer(
+    name_or_path: str, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; sets a pad token (the EOS) when the tokenizer has none."""
+    tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def apply_peft(model: PreTrainedModel, peft_config: PeftConfig | None) -> PreTrainedModel | PeftModel:
+    """Wrap `model` with a peft adapter, or return it unchanged for full fine-tuning."""
+    if peft_config is None:
+        return model
+    wrapped = get_peft_model(model, peft_config)
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    log.info("peft: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return wrapped
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
