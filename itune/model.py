@@ -37,10 +37,15 @@ CHATML_JINJA = (
 )
 
 
-def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+def byte_level_tokenizer(special_tokens: list[str] | None = None) -> PreTrainedTokenizerFast:
     """A 265-token tokenizer (256 bytes + the built-in templates' markers) that needs no download.
 
-    Every byte is one token, so any text round-trips exactly; it carries a ChatML chat_template.
+    Every byte is one token, so any text round-trips exactly. Like SmolLM2, EOS == PAD == <|im_end|>
+    (so tests catch labels derived from the pad id), and it carries a ChatML chat_template.
+
+    Args:
+        special_tokens: markers added as single tokens besides <s>, <unk> and <|im_end|>
+            (default: the rest of ChatML's and Llama 3's).
     """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
@@ -48,9 +53,16 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="<|im_end|>",
     )
-    fast.add_special_tokens({"additional_special_tokens": BYTE_SPECIAL_TOKENS[3:]})
+    extra = [t for t in BYTE_SPECIAL_TOKENS if t not in fast.all_special_tokens]
+    fast.add_special_tokens(
+        {"additional_special_tokens": extra if special_tokens is None else special_tokens}
+    )
     fast.chat_template = CHATML_JINJA
     fast.name_or_path = "itune/byte-level"
     return fast
@@ -127,7 +139,12 @@ def apply_peft(model: PreTrainedModel, peft_config: PeftConfig | None) -> PreTra
         return model
     wrapped = get_peft_model(model, peft_config)
     trainable, total = wrapped.get_nb_trainable_parameters()
-    log.info("peft: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info(
+        "peft: %s trainable of %s parameters (%.2f%%)",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
     return wrapped
 
 

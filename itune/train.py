@@ -75,12 +75,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         source_names=datamodule.source_names,
     )
-    trainer = instantiate(cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks))
+    trainer = instantiate(
+        cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks)
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if datamodule.val_set is not None:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if datamodule.val_set is not None:  # final validation of the trained weights
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics |= datamodule.stats | {"train/steps": trainer.global_step}
     tuned_metrics: dict[str, float] = {}
     if suites:

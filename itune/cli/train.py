@@ -1,5 +1,6 @@
 """itune-train: compose conf/train.yaml with command-line overrides and run train(cfg)."""
 
+import datasets
 import hydra
 from omegaconf import DictConfig
 
@@ -9,6 +10,7 @@ from itune.train import train
 
 @hydra.main(config_path="pkg://itune.conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    datasets.disable_progress_bars()  # progress is Lightning's bar; data steps are logged
     train(cfg)
 
 

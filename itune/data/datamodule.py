@@ -49,7 +49,7 @@ def make_source(name: str, node: dict[str, Any]) -> Source:
 def format_row(
     row: dict[str, Any], idx: int, format: str, fields: dict[str, str] | None, where: str, skip_bad: bool
 ) -> dict[str, Any]:
-    """datasets.map function: a raw row → {messages, error}; raises with the row's location unless skipping."""
+    """datasets.map function: raw row → {messages, error}; raises naming the row unless skipping."""
     try:
         return {"messages": to_messages(row, format, fields), "error": ""}
     except RowError as e:
@@ -153,7 +153,11 @@ class InstructDataModule(L.LightningDataModule):
         formatted = formatted.filter(lambda e: not e, input_columns="error")
         encoded = formatted.map(
             encode_row,
-            fn_kwargs={"template": self.template, "max_length": self.max_length, "overlength": self.overlength},
+            fn_kwargs={
+                "template": self.template,
+                "max_length": self.max_length,
+                "overlength": self.overlength,
+            },
             remove_columns=["error"],
             desc=f"tokenize {src.name}",
         )

@@ -104,7 +104,9 @@ def get_format(name: str) -> Callable[[Mapping[str, Any]], list[Message]]:
     return FORMATS[name]
 
 
-def to_messages(row: Mapping[str, Any], format: str, fields: Mapping[str, str] | None = None) -> list[Message]:
+def to_messages(
+    row: Mapping[str, Any], format: str, fields: Mapping[str, str] | None = None
+) -> list[Message]:
     """Convert one row with a format and an optional field map {format field: column name}.
 
     >>> to_messages({"q": "Hi?", "a": "Hello."}, "alpaca", {"instruction": "q", "output": "a"})[1]["content"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 
@@ -14,14 +15,26 @@ class SourceError(ValueError):
     """A data source cannot be read; the message names the file and line."""
 
 
+def _utf8_problem(path: Path, chunk: int = 1 << 24) -> str | None:
+    """'line N: ...' at the first byte that is not UTF-8, or None (streams the file)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines, offset = 1, 0
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                bad = offset + e.start
+                lines += block[: e.start].count(b"\n")
+                return f"line {lines}: bytes that are not UTF-8 at offset {bad} (save the file as UTF-8)"
+            lines += block.count(b"\n")
+            offset += len(block)
+    return None
+
+
 def _json_problem(path: Path) -> str | None:
-    """First syntax or encoding problem of a JSON/JSONL file as 'line N: ...', or None."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return f"line {line}: bytes that are not UTF-8 at offset {e.start} (save the file as UTF-8)"
+    """First syntax problem of a JSON/JSONL file as 'line N: ...', or None."""
+    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             json.loads(text)
@@ -55,6 +68,8 @@ def load_source(path: str, split: str = "train", subset: str | None = None) -> D
             raise SourceError(f"data file {p} not found")
         if p.suffix not in BUILDERS:
             raise SourceError(f"data file {p}: unsupported extension; valid: {', '.join(BUILDERS)}")
+        if BUILDERS[p.suffix] in ("json", "csv") and (problem := _utf8_problem(p)):
+            raise SourceError(f"{p}: {problem}")
         try:
             return load_dataset(BUILDERS[p.suffix], data_files=str(p), split="train")
         except Exception as e:

@@ -182,6 +182,7 @@ class RoleTemplate(Template):
         missing = set(ROLES) - set(roles)
         if missing:
             raise TemplateError(f"template {name!r} has no text for roles {sorted(missing)}")
+
         def fill(text: str) -> str:
             return text.replace("{eos_token}", tokenizer.eos_token or "")
 

@@ -128,9 +128,7 @@ class RulesSuite:
     ) -> tuple[dict[str, float], list[dict[str, str]]]:
         """Pass rate per rule and the (prompt, answer) samples."""
         conversations = [[{"role": "user", "content": p}] for p in self.prompts]
-        answers = generate(
-            model, tokenizer, template, conversations, self.max_new_tokens, self.batch_size
-        )
+        answers = generate(model, tokenizer, template, conversations, self.max_new_tokens, self.batch_size)
         rates = {r.name: sum(r.check(a) for a in answers) / len(answers) for r in self.rules}
         samples = [{"prompt": p, "answer": a} for p, a in zip(self.prompts, answers, strict=True)]
         return rates, samples

@@ -1,0 +1,43 @@
+"""The module's loss: mean cross-entropy over exactly the trained tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from itune.data.templates import IGNORE_INDEX
+from itune.model import tiny_llama
+from itune.module import InstructionTuner, token_losses
+
+
+def test_loss_is_mean_over_trained_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX], [IGNORE_INDEX, 1, 2, 2, 6]])
+    losses = token_losses(logits, labels)
+    manual = []
+    for b in range(2):
+        for t in range(4):
+            target = labels[b, t + 1].item()
+            if target != IGNORE_INDEX:
+                manual.append(-torch.log_softmax(logits[b, t], -1)[target].item())
+    assert losses.sum().item() == pytest.approx(sum(manual), rel=1e-5)
+    assert (losses[labels[:, 1:] == IGNORE_INDEX] == 0).all()
+
+
+def test_training_step_matches_token_losses():
+    model = tiny_llama(vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    module = InstructionTuner(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    ids = torch.randint(0, 50, (2, 6))
+    labels = ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+    mask = torch.ones_like(ids)
+    logits = module(ids, mask)
+    expected = token_losses(logits, labels).sum() / (labels[:, 1:] != IGNORE_INDEX).sum()
+    assert not math.isnan(expected.item())
+    module.log = lambda *a, **k: None  # no trainer attached
+    module.optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = module.training_step({"input_ids": ids, "labels": labels, "attention_mask": mask}, 0)
+    assert torch.allclose(loss, expected)
