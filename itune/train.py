@@ -91,7 +91,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics |= tuned_metrics | {f"base/{k}": v for k, v in base_metrics.items()}
     metrics |= {f"delta/{k}": r["delta"] for k, r in rows.items()}
     for lg in trainer.loggers:
-        lg.log_metrics({k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "delta/"))})
+        evals = {k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "delta/"))}
+        lg.log_metrics(evals, step=trainer.global_step)
         lg.save()
 
     if rank_zero_only.rank == 0:

@@ -118,7 +118,8 @@ def test_demo_model_trains_a_few_steps(compose_train):
     cfg = compose_train(
         "experiment=demo",
         "eval=none",
-        "trainer=debug",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=1",
         "data.num_samples=16",
         "data.batch_size=2",
         "data.max_val_samples=2",
