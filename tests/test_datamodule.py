@@ -132,3 +132,68 @@ def test_csv_and_parquet_sources(tmp_path, tokenizer, chatml):
         dm = datamodule(tokenizer, chatml, {"m": {"path": str(tmp_path / name)}}, val_fraction=0)
         assert len(dm.train_set) == 6
         assert torch.tensor(dm.train_set[0]["labels"]).ne(IGNORE_INDEX).any()
+
+
+def test_streaming_interleaves_by_weight_and_filters_per_stream(tmp_path, tokenizer, chatml):
+    from datasets import IterableDataset
+
+    from itune.data.curate import PII, ExactDedup
+
+    a_rows = rows(40, "a")
+    a_rows[5] = dict(a_rows[4])  # a duplicate inside the stream
+    a_rows[7]["output"] = "mail x@y.org"
+    a = write_jsonl(tmp_path / "a.jsonl", a_rows)
+    b = write_jsonl(tmp_path / "b.jsonl", rows(10, "b"))
+    sources = {"a": {"path": str(a), "weight": 0.5}, "b": {"path": str(b), "weight": 0.5}}
+    curate = {"pii": PII(), "dedup": ExactDedup()}
+    dm = datamodule(
+        tokenizer,
+        chatml,
+        sources,
+        curate=curate,
+        streaming=True,
+        streaming_audit_rows=20,
+        num_samples=30,
+        val_fraction=0.1,
+    )
+    assert isinstance(dm.train_set, IterableDataset)
+    assert dm.audit["mode"] == "streaming" and "first 20 rows" in dm.manifest["note"]
+    assert dm.stats["data/a/rows_val"] == 2 and dm.stats["data/b/rows_val"] == 1  # the heads' first kept rows
+    assert len(dm.val_set) == 3
+    batches = list(dm.train_dataloader())
+    seen = [
+        tokenizer.decode(ids[lab != IGNORE_INDEX])
+        for bt in batches
+        for ids, lab in zip(bt["input_ids"], bt["labels"], strict=True)
+    ]
+    assert len(seen) == 30
+    assert {int(s) for bt in batches for s in bt["source"]} == {0, 1}
+    assert not any("x@y.org" in s for s in seen)
+    assert all(s.endswith("<|im_end|>") for s in seen)
+    again = [
+        tokenizer.decode(ids)
+        for bt in datamodule(
+            tokenizer,
+            chatml,
+            sources,
+            curate=curate,
+            streaming=True,
+            streaming_audit_rows=20,
+            num_samples=30,
+            val_fraction=0.1,
+        ).train_dataloader()
+        for ids in bt["input_ids"]
+    ]
+    assert again == [tokenizer.decode(ids) for bt in batches for ids in bt["input_ids"]]  # same seed
+
+
+def test_empty_and_wrong_typed_fields_are_named(tmp_path, tokenizer, chatml):
+    for bad, message in [
+        ({"output": ""}, "field 'output' is empty"),
+        ({"output": 3}, "must be a string, got int"),
+    ]:
+        data = rows(3)
+        data[1] |= bad
+        path = write_jsonl(tmp_path / "bad.jsonl", data)
+        with pytest.raises(RowError, match=f"row 1 .*{message}"):
+            datamodule(tokenizer, chatml, {"mine": {"path": str(path)}})

@@ -6,7 +6,7 @@ import codecs
 import json
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, IterableDataset, load_dataset
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -52,13 +52,16 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
-def load_source(path: str, split: str = "train", subset: str | None = None) -> Dataset:
+def load_source(
+    path: str, split: str = "train", subset: str | None = None, streaming: bool = False
+) -> Dataset | IterableDataset:
     """Load a local file by extension, or a hub dataset when `path` is not a local file.
 
     Args:
         path: a .json/.jsonl/.csv/.parquet file, or a hub dataset id such as `tatsu-lab/alpaca`.
         split: split of a hub dataset.
         subset: configuration name of a hub dataset.
+        streaming: return an IterableDataset that reads rows lazily (for data larger than memory).
     Raises:
         SourceError: missing file, unsupported extension, or a malformed line (named).
     """
@@ -71,8 +74,32 @@ def load_source(path: str, split: str = "train", subset: str | None = None) -> D
         if BUILDERS[p.suffix] in ("json", "csv") and (problem := _utf8_problem(p)):
             raise SourceError(f"{p}: {problem}")
         try:
-            return load_dataset(BUILDERS[p.suffix], data_files=str(p), split="train")
+            return load_dataset(BUILDERS[p.suffix], data_files=str(p), split="train", streaming=streaming)
         except Exception as e:
             problem = _json_problem(p) if BUILDERS[p.suffix] == "json" else None
             raise SourceError(f"{p}: {problem or e}") from e
-    return load_dataset(path, name=subset, split=split)
+    return load_dataset(path, name=subset, split=split, streaming=streaming)
+
+
+def load_jsonl_skipping(path: str) -> tuple[Dataset, list[str]]:
+    """A JSONL file without its malformed lines, and 'line N: problem' for each line left out.
+
+    For `data.on_bad_row=skip`: the rows keep their order; non-UTF-8 bytes are still an error.
+    """
+    p = Path(path).expanduser()
+    if problem := _utf8_problem(p):
+        raise SourceError(f"{p}: {problem}")
+    rows, bad = [], []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"line {n}: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            bad.append(f"line {n}: expected a JSON object per line, got {type(row).__name__}")
+            continue
+        rows.append(row)
+    return Dataset.from_list(rows), bad

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class Segment:
 
     text: str
     trained: bool
+    role: str = ""  # the turn the text belongs to; "" for template markup (headers, separators, BOS)
 
 
 def check_messages(messages: list[Message]) -> None:
@@ -112,6 +114,51 @@ class Template:
             input_ids += ids
             labels += ids if seg.trained else [IGNORE_INDEX] * len(ids)
         return {"input_ids": input_ids, "labels": labels}
+
+    def encode_batch(self, conversations: list[list[Message]]) -> list[dict[str, list[int]]]:
+        """`encode` of many conversations with one batched tokenizer call (the same ids and labels)."""
+        merged = [_merge(self.segments(m)) for m in conversations]
+        texts = [seg.text for segs in merged for seg in segs]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        out, k = [], 0
+        for segs in merged:
+            input_ids: list[int] = []
+            labels: list[int] = []
+            for seg in segs:
+                input_ids += ids[k]
+                labels += ids[k] if seg.trained else [IGNORE_INDEX] * len(ids[k])
+                k += 1
+            out.append({"input_ids": input_ids, "labels": labels})
+        return out
+
+    def role_token_counts(self, messages: list[Message]) -> dict[str, list[int]]:
+        """{role: [tokens, trained tokens]} of a conversation; template markup counts as `markup`.
+
+        A token belongs to the turn its first character is in (by the tokenizer's offsets); tokenizers
+        without offsets attribute each tokenized piece to the turn of its first character.
+        """
+        segs = self.segments(messages)
+        starts, roles, pos = [], [], 0
+        for s in segs:
+            starts.append(pos)
+            roles.append(s.role or "markup")
+            pos += len(s.text)
+        counts: dict[str, list[int]] = {}
+        pos = 0
+        for seg in _merge(segs):
+            try:
+                offsets = self.tokenizer(seg.text, add_special_tokens=False, return_offsets_mapping=True)[
+                    "offset_mapping"
+                ]
+            except (NotImplementedError, ValueError):
+                offsets = [(0, 0)] * len(self._ids(seg.text))
+            for a, _ in offsets:
+                role = roles[bisect.bisect_right(starts, pos + a) - 1]
+                c = counts.setdefault(role, [0, 0])
+                c[0] += 1
+                c[1] += int(seg.trained)
+            pos += len(seg.text)
+        return counts
 
     def encode_prompt(self, messages: list[Message]) -> list[int]:
         """Token ids of a conversation followed by the assistant header, ready for generation."""
@@ -214,7 +261,7 @@ class RoleTemplate(Template):
             trained = m["role"] == "assistant"
             segs += [
                 Segment(role.get("prefix", ""), False),
-                Segment(m["content"] + role.get("suffix", ""), trained),
+                Segment(m["content"] + role.get("suffix", ""), trained, m["role"]),
             ]
             if trained:
                 segs.append(Segment(self.separator, False))
@@ -308,10 +355,10 @@ class TokenizerTemplate(Template):
                         "set template.end_of_turn to the text that does"
                     )
                 cut += len(self._end)
-                segs += [Segment(body[:cut], True), Segment(body[cut:], False)]
+                segs += [Segment(body[:cut], True, "assistant"), Segment(body[cut:], False)]
             else:
                 full = self._render(msgs[: i + 1], add_generation_prompt=False)
-                segs.append(Segment(self._tail(done, full), False))
+                segs.append(Segment(self._tail(done, full), False, m["role"]))
             done = full
         if add_generation_prompt:
             segs.append(Segment(self._tail(done, self._render(msgs, add_generation_prompt=True)), False))

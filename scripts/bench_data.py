@@ -1,0 +1,105 @@
+"""Benchmark the data preparation against the bare batched tokenizer on the same rows.
+
+    python scripts/bench_data.py [--data ../shared/data/alpaca_5000.json] [--tokenizer auto|byte|demo]
+
+Prints rows/s of:
+  tokenizer   the tokenizer alone, one batched call over each row's text (instruction, input, output)
+  prepare     load → format → curate (conf/curate/<curate>.yaml) → template/tokenize, plus the mix,
+              manifest and audit: InstructDataModule.setup() with an empty datasets cache
+  cached      the same setup a second time: datasets finds every map step in its cache
+and the ratios prepare/tokenizer and cached/tokenizer (time per row; 1.0 = as fast as the tokenizer).
+The demo SmolLM2 tokenizer is used when it is cached (`python -m itune.demo_model`), else the byte one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca_5000.json"))
+    parser.add_argument("--tokenizer", choices=["auto", "byte", "demo"], default="auto")
+    parser.add_argument("--curate", default="default", help="option of conf/curate/ (default, strict, none)")
+    parser.add_argument("--max-length", type=int, default=4096)
+    args = parser.parse_args()
+    if not Path(args.data).is_file():
+        sys.exit(f"{args.data} not found (pass --data)")
+    cache = tempfile.mkdtemp(prefix="itune-bench-")
+    os.environ["HF_DATASETS_CACHE"] = cache  # cold cache for the first run (before datasets is imported)
+
+    import datasets
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from itune.data.datamodule import InstructDataModule
+    from itune.model import byte_level_tokenizer
+
+    datasets.disable_progress_bars()
+    tokenizer, name = byte_level_tokenizer(), "byte-level"
+    if args.tokenizer in ("auto", "demo"):
+        from transformers import AutoTokenizer
+
+        from itune.demo_model import demo_model_dir
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(demo_model_dir(fetch=False))
+            name = "SmolLM2-135M (demo)"
+        except FileNotFoundError:
+            if args.tokenizer == "demo":
+                raise
+    template = instantiate(OmegaConf.load(ROOT / "conf" / "template" / "chatml.yaml"), tokenizer=tokenizer)
+    curate_cfg = OmegaConf.load(ROOT / "conf" / "curate" / f"{args.curate}.yaml")
+    if "defaults" in curate_cfg:  # strict builds on default
+        curate_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "curate" / "default.yaml"), curate_cfg)
+        curate_cfg.pop("defaults")
+
+    rows = json.loads(Path(args.data).read_text(encoding="utf-8"))
+    texts = ["\n\n".join(filter(None, (r.get("instruction"), r.get("input"), r.get("output")))) for r in rows]
+    t0 = time.perf_counter()
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bare = time.perf_counter() - t0
+    n_tokens = sum(map(len, ids))
+
+    def prepare() -> tuple[float, InstructDataModule]:
+        filters = {k: instantiate(v) for k, v in (curate_cfg.filters or {}).items()}
+        t = time.perf_counter()
+        dm = InstructDataModule(
+            {"alpaca": {"path": args.data, "format": "alpaca"}},
+            tokenizer,
+            template,
+            curate=filters,
+            on_bad_row="skip",
+            max_length=args.max_length,
+            val_fraction=0.0,
+        )
+        dm.setup("fit")
+        return time.perf_counter() - t, dm
+
+    cold, dm = prepare()
+    warm, _ = prepare()
+    n = len(rows)
+    print(f"tokenizer: {name}; {n} rows, {n_tokens} tokens (bare); curate={args.curate}")
+    print(f"  bare batched tokenizer   {bare:7.3f} s  {n / bare:9.0f} rows/s")
+    print(f"  prepare (cold cache)     {cold:7.3f} s  {n / cold:9.0f} rows/s  ratio {cold / bare:6.2f}x")
+    print(f"  prepare (cached)         {warm:7.3f} s  {n / warm:9.0f} rows/s  ratio {warm / bare:6.2f}x")
+    print(f"  rows in mixture {len(dm.train_set)}; dropped/redacted per step:")
+    for st in dm.audit["steps"]:
+        if any(st["totals"].values()):
+            print(f"    {st['name']:<14} " + ", ".join(f"{k} {v}" for k, v in st["totals"].items() if v))
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
