@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,89 @@ TEMPLATE_FILE = "template.json"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 SAMPLES_FILE = "samples.json"
+MANIFEST_FILE = "manifest.json"  # written by the data audit (itune/data/audit.py), with `mixture_hash`
+REDACTED = "***"
+# A key names a secret when one of its words is one of these (hf_token, api_key, WANDB_API_KEY, password);
+# the texts of special tokens (eos_token, pad_token, ...) and token counts (max_new_tokens) are not secrets.
+_SECRET_WORDS = {"token", "key", "secret", "password", "passwd", "credential", "credentials", "apikey"}
+_NOT_SECRET = {f"{t}_token" for t in ("bos", "eos", "pad", "unk", "sep", "cls", "mask")}
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key holds a secret (its words include token, key, secret, password...).
+
+    >>> [is_secret_key(k) for k in ("hf_token", "api_key", "eos_token", "max_new_tokens", "special_tokens")]
+    [True, True, False, False, False]
+    """
+    k = str(key).lower()
+    if k in _NOT_SECRET:
+        return False
+    return bool(set(re.split(r"[^a-z0-9]+", k)) & _SECRET_WORDS)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a nested dict/list with the values of secret keys replaced by `***`."""
+    if isinstance(value, dict):
+        return {k: REDACTED if is_secret_key(k) and v is not None else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def redact_override(override: str) -> str:
+    """`a.hf_token=xyz` → `a.hf_token=***` (command-line overrides as Hydra saves them)."""
+    key, sep, _ = override.partition("=")
+    last = key.lstrip("+~").split(".")[-1]
+    return f"{key}={REDACTED}" if sep and is_secret_key(last) else override
+
+
+def _redact_hydra_dir(run_dir: Path) -> None:
+    """Hydra's own copies of the config and overrides in `<run_dir>/.hydra`, redacted in place."""
+    hydra_dir = run_dir / ".hydra"
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        path = hydra_dir / name
+        if not path.is_file():
+            continue
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if name == "overrides.yaml":
+            data = [redact_override(o) for o in data]
+        else:
+            data = redact(data)
+            hydra = data.get("hydra") or {}
+            overrides = hydra.get("overrides") or {}
+            for key in ("task", "hydra"):  # hydra.yaml lists the command-line overrides here
+                if isinstance(overrides.get(key), list):
+                    overrides[key] = [redact_override(o) for o in overrides[key]]
+            job = hydra.get("job") or {}
+            if isinstance(job.get("override_dirname"), str):
+                job["override_dirname"] = ",".join(
+                    redact_override(o) for o in job["override_dirname"].split(",")
+                )
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)), encoding="utf-8")
 
 
 def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers, with secrets redacted (what is saved and logged)."""
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
 def save_config(run_dir: Path, cfg: DictConfig) -> None:
-    """The fully resolved config the run used."""
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    """The fully resolved config the run used, secrets redacted (Hydra's `.hydra/` copies too)."""
+    text = OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg)))
+    (run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+    _redact_hydra_dir(run_dir)
+
+
+def manifest_hash(run_dir: Path) -> str | None:
+    """The data mixture's hash from manifest.json, if the run wrote one."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("mixture_hash")
 
 
 def save_template(run_dir: Path, template: Template) -> None:

@@ -1,0 +1,16 @@
+"""itune-generate: prompts (command line or JSONL) → JSONL answers (conf/generate.yaml → run_generate)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import itune  # noqa: F401  (registers config resolvers)
+from itune.generate_cmd import run_generate
+
+
+@hydra.main(config_path="pkg://itune.conf", config_name="generate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""itune-export: a run directory → a standard model directory that plain transformers loads.
+
+The directory holds safetensors weights (LoRA merged into the base, or the adapter alone), the tokenizer
+with a `chat_template` that renders exactly what itune trained on, a generation_config.json whose
+`eos_token_id` lists the template's stop tokens, and a README.md model card with the run's lineage.
+
+Example:
+    >>> run_export(OmegaConf.create({"run": "outputs/…", "out": "exported", "merge": True}))  # doctest: +SKIP
+    >>> AutoTokenizer.from_pretrained("exported").apply_chat_template(messages, tokenize=False)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import GenerationConfig
+
+import itune
+from itune import run_dir as rd
+from itune.data.templates import RoleTemplate, Template, TokenizerTemplate
+from itune.run_loading import load_run, run_config, saved_template
+
+log = logging.getLogger(__name__)
+
+
+def _lit(text: str) -> str:
+    """A Jinja string literal for `text` (JSON escapes are valid Jinja escapes)."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+def chat_template(template: Template) -> str:
+    """A Jinja chat template that renders like `template.render` (for `tokenizer.apply_chat_template`).
+
+    Raises:
+        TypeError: for a template class this function does not know how to translate.
+    """
+    system = ""
+    if template.system_prompt is not None:  # the default system turn, when a conversation has none
+        turn = f"{{'role': 'system', 'content': {_lit(template.system_prompt)}}}"
+        system = (
+            "{% if messages[0]['role'] != 'system' %}"
+            f"{{% set messages = [{turn}] + messages %}}"
+            "{% endif %}"
+        )
+    if isinstance(template, TokenizerTemplate):
+        return system + template.chat_template
+    if not isinstance(template, RoleTemplate):
+        raise TypeError(f"cannot export a chat_template for {type(template).__name__}")
+    parts = [system, "{{ " + _lit(template.bos) + " }}" if template.bos else ""]
+    parts.append("{% for message in messages %}")
+    for i, role in enumerate(("system", "user", "assistant")):
+        r = template.roles[role]
+        parts.append(("{% if" if i == 0 else "{% elif") + f" message['role'] == {_lit(role)} %}}")
+        after = r.get("suffix", "") + (template.separator if role == "assistant" else "")
+        parts.append(f"{{{{ {_lit(r.get('prefix', ''))} + message['content'] + {_lit(after)} }}}}")
+    parts.append("{% endif %}{% endfor %}")
+    parts.append(
+        "{% if add_generation_prompt %}{{ " + _lit(template.roles["assistant"].get("prefix", "")) + " }}"
+        "{% endif %}"
+    )
+    return "".join(parts)
+
+
+def model_card(run_dir: Path, cfg: DictConfig, template: dict[str, Any], merged: bool, out: Path) -> str:
+    """README.md of an exported model: how to load it, and the lineage of the run it came from."""
+    metrics = {}
+    if (run_dir / rd.METRICS_FILE).is_file():
+        metrics = json.loads((run_dir / rd.METRICS_FILE).read_text(encoding="utf-8"))
+    shown = {
+        k: v for k, v in metrics.items() if k.split("/")[0] in ("train", "val", "eval", "gain", "forgetting")
+    }
+    rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in shown.items() if isinstance(v, int | float))
+    lm = cfg.model.get("lm") or {}
+    lineage = {
+        "base model": cfg.model.get("name"),
+        "base model revision": lm.get("revision"),
+        "peft": "merged into the base weights" if merged else ("adapter" if cfg.get("peft") else "none"),
+        "data manifest hash": rd.manifest_hash(run_dir) or "(no manifest.json in the run)",
+        "template": template["name"],
+        "template fingerprint": template["fingerprint"],
+        "run directory": str(run_dir.resolve()),
+        "itune version": itune.__version__,
+    }
+    lines = "\n".join(f"| {k} | `{v}` |" for k, v in lineage.items())
+    config = OmegaConf.to_yaml(cfg)
+    return f"""---
+library_name: transformers
+tags: [itune, instruction-tuned]
+---
+# {out.name}
+
+Instruction-tuned with [itune](https://github.com/) from `{cfg.model.get("name")}`.
+The tokenizer's `chat_template` renders exactly the prompt format the model was trained with
+(template `{template["name"]}`); generation stops at the template's end-of-turn token
+(`generation_config.json`).
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("{out.name}")
+model = AutoModelForCausalLM.from_pretrained("{out.name}")
+ids = tok.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True,
+                              return_tensors="pt")
+print(tok.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], skip_special_tokens=True))
+```
+
+## Lineage
+
+| | |
+|---|---|
+{lines}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{rows}
+
+## Template
+
+Trained on: {template["mask_policy"]}.
+
+```
+{template["example"]}
+```
+
+## Training config
+
+```yaml
+{config}```
+"""
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    merge: bool = True,
+    allow_template_mismatch: bool = False,
+    template_override_cfg: DictConfig | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a run as a standard model directory (see the module docstring); returns its path.
+
+    Args:
+        run_dir: a directory written by itune-train.
+        out: the directory to write (must not exist unless `overwrite`).
+        merge: merge a LoRA adapter into the base weights; False writes the adapter alone (peft format).
+        allow_template_mismatch, template_override_cfg: as in `itune.run_loading.load_run`.
+        dtype: torch dtype name of the written weights; None keeps the run's.
+        overwrite: replace an existing `out`.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; choose another out=... or set overwrite=true")
+        shutil.rmtree(out)
+    model, tokenizer, template = load_run(
+        run_dir, allow_template_mismatch, template_override_cfg, merged=merge, dtype=dtype
+    )
+    tokenizer.chat_template = chat_template(template)
+    stop = template.stop_token_ids
+    model.generation_config = GenerationConfig(
+        eos_token_id=stop if len(stop) > 1 else stop[0],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    if hasattr(model, "peft_config"):  # the adapter alone: save the generation config beside it
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    saved = saved_template(run_dir)
+    (out / "itune_template.json").write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+    card = model_card(run_dir, run_config(run_dir), saved, merge and (run_dir / "adapter").is_dir(), out)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    log.info("exported %s → %s (%s)", run_dir, out, "merged" if merge else "adapter")
+    return out
+
+
+def run_export(cfg: DictConfig) -> Path:
+    """itune-export: `export_run` with the keys of conf/export.yaml."""
+    if not cfg.get("run"):
+        raise ValueError("set run=<run directory> (a directory written by itune-train)")
+    out = cfg.get("out") or str(Path(cfg.run) / ("export_merged" if cfg.merge else "export_adapter"))
+    return export_run(
+        cfg.run,
+        out,
+        merge=cfg.merge,
+        allow_template_mismatch=cfg.allow_template_mismatch,
+        template_override_cfg=cfg.get("template"),
+        dtype=cfg.get("dtype"),
+        overwrite=cfg.overwrite,
+    )

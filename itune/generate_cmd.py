@@ -1,0 +1,97 @@
+"""itune-generate: prompts from the command line or a JSONL file → a JSONL file of answers.
+
+Each input line is `{"prompt": "..."}` (one user turn), `{"messages": [{role, content}, ...]}` (a
+conversation to continue) or, in Alpaca style, `{"instruction": ..., "input": ...}`; other keys (ids,
+references) are copied to the output line, which adds `answer`. Answers come from
+`itune.generation.generate`: batched, left-padded, stopped at the template's end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from itune.data.templates import Message
+from itune.generation import generate
+from itune.run_loading import load_model
+
+log = logging.getLogger(__name__)
+
+
+def to_conversation(row: dict[str, Any], system_prompt: str | None = None, where: str = "") -> list[Message]:
+    """One input row → messages; a `system_prompt` is prepended when the row has no system turn.
+
+    >>> to_conversation({"prompt": "Hi"}, "Be brief.")
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
+    """
+    if isinstance(row.get("messages"), list):
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    elif isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    elif isinstance(row.get("instruction"), str):
+        text = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        messages = [{"role": "user", "content": text}]
+    else:
+        raise ValueError(f"{where}: expected a `prompt`, `messages` or `instruction` key, got {sorted(row)}")
+    if system_prompt is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def read_prompts(prompts: list[str] | None, input_path: str | None) -> list[dict[str, Any]]:
+    """Rows from `prompts` (strings) and/or a JSONL file (`-` reads stdin)."""
+    rows: list[dict[str, Any]] = [{"prompt": p} for p in prompts or []]
+    if input_path:
+        lines = sys.stdin if input_path == "-" else Path(input_path).read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{input_path}, line {n}: not valid JSON ({e})") from None
+    if not rows:
+        raise ValueError("no prompts: give prompts='[\"Hello\", ...]' or input=<file.jsonl>")
+    return rows
+
+
+def run_generate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Load the model (`run` or `model` + `template`), answer every prompt, write `output` (JSONL).
+
+    Returns:
+        the output rows (input keys + `answer`).
+    """
+    rows = read_prompts(list(cfg.get("prompts") or []), cfg.get("input"))
+    conversations = [
+        to_conversation(r, cfg.get("system_prompt"), f"{cfg.get('input') or 'prompts'}, item {i + 1}")
+        for i, r in enumerate(rows)
+    ]
+    model, tokenizer, template = load_model(cfg, merged=cfg.get("merge", True))
+    torch.manual_seed(cfg.get("seed", 0))  # reproducible sampling
+    if cfg.get("device"):
+        model.to(cfg.device)
+    answers = generate(
+        model,
+        tokenizer,
+        template,
+        conversations,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        do_sample=cfg.do_sample,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+    )
+    out_rows = [{**r, "answer": a} for r, a in zip(rows, answers, strict=True)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
+    if cfg.get("output") in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.output).write_text(text, encoding="utf-8")
+        log.info("%d answers → %s", len(out_rows), cfg.output)
+    return out_rows
