@@ -19,8 +19,13 @@ install: $(STAMP)
 demo-model: $(STAMP)
 	$(BIN)/python -m itune.demo_model
 
+# Benchmarks for the demo's forgetting report (HellaSwag, ARC, IFEval, Alpaca) when ../shared/data is
+# there; without it the demo reports its rule suites only. EVAL_DATA=/path overrides.
+EVAL_DATA ?= $(wildcard $(abspath ../shared/data))
+DEMO_EVAL := $(if $(EVAL_DATA),eval=demo_full eval.data_dir=$(EVAL_DATA),eval=demo)
+
 demo: demo-model
-	$(BIN)/itune-train experiment=demo
+	$(BIN)/itune-train experiment=demo $(DEMO_EVAL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,14 +9,16 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
+from omegaconf import DictConfig, OmegaConf
 
 from itune import run_dir as rd
-from itune.eval.runner import compare, run_suites
+from itune.data.audit import write_audit
+from itune.eval.forgetting import compare_runs, show_report, write_report
+from itune.eval.runner import base_cache_keys, run_suites
 from itune.model import apply_peft, enable_gradient_checkpointing
 from itune.module import InstructionTuner
+from itune.resume import resolve_ckpt_path
+from itune.tracking import log_run_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +28,10 @@ def _nodes(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
-def show_comparison(rows: dict[str, dict[str, float]], samples: dict[str, Any], n_samples: int) -> None:
-    """Print base vs tuned metrics and a few tuned answers (rank 0)."""
-    if not rows:
-        return
-    console = Console(stderr=True)
-    table = Table(title="eval: base → tuned")
-    for col in ("metric", "base", "tuned", "delta"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for key, r in rows.items():
-        table.add_row(key, f"{r['base']:.3f}", f"{r['tuned']:.3f}", f"{r['delta']:+.3f}")
-    console.print(table)
-    for suite, items in samples.get("tuned", {}).items():
-        for item in items[:n_samples]:
-            console.print(f"[bold]{suite}[/] Q: {item['prompt']}\n  A: {item['answer']}")
+def _validate(trainer: L.Trainer, module: InstructionTuner, datamodule: Any) -> dict[str, float]:
+    """Validation losses (`val/loss`, `val/<source>/loss`) of the module's current weights."""
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -51,23 +43,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        rd.save_config(run_dir, cfg)  # now too, so a crashed run keeps its config (secrets redacted)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     tokenizer = instantiate(cfg.model.tokenizer)
     template = instantiate(cfg.template, tokenizer=tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, template=template)
     datamodule.setup("fit")  # bad data fails here, before the model is loaded
+    write_audit(run_dir, datamodule)  # audit.json/md, manifest.json (rank 0); fails if EOT is never trained
 
     model = instantiate(cfg.model.lm)
     if cfg.model.get("gradient_checkpointing"):
         enable_gradient_checkpointing(model)
     model = apply_peft(model, instantiate(cfg.peft) if cfg.get("peft") else None)
-    suites = {name: instantiate(node) for name, node in (cfg.eval.get("suites") or {}).items()}
-
-    base_metrics: dict[str, float] = {}
-    samples: dict[str, Any] = {}
-    if suites and cfg.eval.get("on_base", True):  # a fresh LoRA adapter is the identity: this is the base
-        base_metrics, samples["base"] = run_suites(suites, model, tokenizer, template)
+    suite_nodes = cfg.eval.get("suites") or {}
+    suites = {name: instantiate(node) for name, node in suite_nodes.items()}
+    on_base = cfg.eval.get("on_base", False)
 
     module = InstructionTuner(
         model,
@@ -78,21 +70,38 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer = instantiate(
         cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks)
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    base: dict[str, float] = {}
+    samples: dict[str, Any] = {}
+    if on_base:  # before training; a fresh LoRA adapter is the identity, so this is the base model
+        if datamodule.val_set is not None:
+            base |= _validate(trainer, module, datamodule)
+        cache_dir = Path(cfg.eval.cache_dir) if cfg.eval.get("cache_dir") else None
+        keys = base_cache_keys(
+            OmegaConf.to_container(cfg.model, resolve=True),
+            template,
+            OmegaConf.to_container(suite_nodes, resolve=True),
+        )
+        suite_metrics, samples["base"] = run_suites(suites, model, tokenizer, template, cache_dir, keys)
+        base |= suite_metrics
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)  # `last`: resume this run dir's last.ckpt
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if datamodule.val_set is not None:  # final validation of the trained weights
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics |= _validate(trainer, module, datamodule)
     metrics |= datamodule.stats | {"train/steps": trainer.global_step}
-    tuned_metrics: dict[str, float] = {}
     if suites:
-        tuned_metrics, samples["tuned"] = run_suites(suites, model, tokenizer, template)
-    rows = compare(base_metrics, tuned_metrics)
-    metrics |= tuned_metrics | {f"base/{k}": v for k, v in base_metrics.items()}
-    metrics |= {f"delta/{k}": r["delta"] for k, r in rows.items()}
+        tuned, samples["tuned"] = run_suites(suites, model, tokenizer, template)
+        metrics |= tuned
+    report = None
+    if on_base:
+        report = compare_runs(base, metrics, suites, datamodule.source_names, cfg.eval)
+        metrics |= {f"base/{k}": v for k, v in base.items()} | report["summary"]
     for lg in trainer.loggers:
-        evals = {k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "delta/"))}
-        lg.log_metrics(evals, step=trainer.global_step)
+        lg.log_metrics(
+            {k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "gain/", "forgetting/"))},
+            step=trainer.global_step,
+        )
         lg.save()
 
     if rank_zero_only.rank == 0:
@@ -103,7 +112,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             rd.save_samples(run_dir, samples)
         if cfg.get("save_model", True):
             rd.save_model(run_dir, model, tokenizer)
-        show_comparison(rows, samples, cfg.eval.get("show_samples", 3))
+        if report is not None:
+            write_report(run_dir, report)
+            show_report(report, samples, cfg.eval.get("show_samples", 3))
+        log_run_artifacts(trainer.loggers, run_dir, cfg, metrics)  # params, lineage tags, artifacts
         log.info("run directory: %s", run_dir)
     objects = {
         "trainer": trainer,

@@ -106,6 +106,7 @@ class RulesSuite:
         limit: use at most this many prompts.
         max_new_tokens: generation budget per answer.
         batch_size: prompts generated together.
+        kind: `domain` or `general`, for the forgetting report.
     """
 
     def __init__(
@@ -116,12 +117,13 @@ class RulesSuite:
         limit: int | None = None,
         max_new_tokens: int = 128,
         batch_size: int = 8,
+        kind: str = "domain",
     ) -> None:
         if not rules:
             raise ValueError(f"a rules suite needs at least one rule (prompts: {prompts})")
         self.rules = [make_rule(name, dict(spec)) for name, spec in rules.items()]
         self.prompts = read_prompts(prompts, prompt_field, limit)
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_new_tokens, self.batch_size, self.kind = max_new_tokens, batch_size, kind
 
     def run(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template

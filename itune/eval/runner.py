@@ -1,36 +1,97 @@
-"""Run the configured eval suites on a model and compare base against tuned."""
+"""Run eval suites on a model, with an on-disk cache of base-model results."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from itune import __version__
 from itune.data.templates import Template
 
 log = logging.getLogger(__name__)
+Samples = list[dict[str, Any]]
 
 
 class Suite(Protocol):
+    kind: str
+
     def run(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
-    ) -> tuple[dict[str, float], list[dict[str, str]]]: ...
+    ) -> tuple[dict[str, float], Samples]: ...
+
+
+def metric_kinds(suites: dict[str, Suite], metrics: dict[str, float]) -> dict[str, str]:
+    """metric → `domain`/`general`, from the kind of the suite that produced it."""
+    kinds = {}
+    for key in metrics:
+        parts = key.split("/")
+        if parts[0] == "eval" and parts[1] in suites:
+            kinds[key] = getattr(suites[parts[1]], "kind", "general")
+    return kinds
+
+
+def _file_stamps(node: Any) -> list[Any]:
+    """(path, size, mtime) of every existing file named in a config node, so edited files miss the cache."""
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _file_stamps(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _file_stamps(v)]
+    if isinstance(node, str) and os.path.isfile(node):
+        st = os.stat(node)
+        return [(node, st.st_size, st.st_mtime_ns)]
+    return []
+
+
+def cache_key(**parts: Any) -> str:
+    """sha256 of the parts (configs as plain containers) and of the files they name."""
+    payload = json.dumps({"parts": parts, "files": _file_stamps(parts)}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def base_cache_keys(
+    model_node: dict[str, Any], template: Template, suite_nodes: dict[str, Any]
+) -> dict[str, str]:
+    """Cache key per suite for base-model results: base model config + template + suite config + version."""
+    return {
+        name: cache_key(model=model_node, template=template.fingerprint, suite=node, itune=__version__)
+        for name, node in suite_nodes.items()
+    }
 
 
 def run_suites(
-    suites: dict[str, Suite], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
-) -> tuple[dict[str, float], dict[str, list[dict[str, str]]]]:
-    """Metrics `eval/<suite>/<metric>` and samples per suite."""
+    suites: dict[str, Suite],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    cache_dir: Path | None = None,
+    cache_keys: dict[str, str] | None = None,
+) -> tuple[dict[str, float], dict[str, Samples]]:
+    """Metrics `eval/<suite>/<metric>` and samples per suite.
+
+    With `cache_dir` and a key per suite, results are read from `<cache_dir>/<key>.json` when present
+    and written there otherwise (used for the base model, so a sweep evaluates it once).
+    """
     metrics: dict[str, float] = {}
-    samples: dict[str, list[dict[str, str]]] = {}
+    samples: dict[str, Samples] = {}
     for name, suite in suites.items():
-        log.info("eval suite %s", name)
-        values, samples[name] = suite.run(model, tokenizer, template)
+        path = cache_dir / f"{cache_keys[name]}.json" if cache_dir and cache_keys else None
+        if path is not None and path.is_file():
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            values, samples[name] = cached["metrics"], cached["samples"]
+            log.info("eval suite %s: cached base results %s", name, path.name[:12])
+        else:
+            log.info("eval suite %s", name)
+            values, samples[name] = suite.run(model, tokenizer, template)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"metrics": values, "samples": samples[name]}), encoding="utf-8")
+                tmp.replace(path)
         metrics |= {f"eval/{name}/{k}": float(v) for k, v in values.items()}
     return metrics, samples
-
-
-def compare(base: dict[str, float], tuned: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """{metric: {base, tuned, delta}} for every metric measured on both."""
-    return {k: {"base": base[k], "tuned": tuned[k], "delta": tuned[k] - base[k]} for k in tuned if k in base}

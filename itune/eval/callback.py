@@ -1,0 +1,45 @@
+"""A Lightning callback that runs cheap eval suites during training, to watch forgetting as it happens."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from itune.eval.runner import Suite, run_suites
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicEval(Callback):
+    """Run `suites` on the model being trained after every `every_n_validations`-th validation.
+
+    Metrics are logged to the trainer's loggers as `eval/<suite>/<metric>` at the current step. The
+    tokenizer and template come from the datamodule, the same ones training uses.
+
+    Args:
+        suites: {name: suite}, e.g. a rules suite with a small `limit`.
+        every_n_validations: evaluate after every n-th validation run.
+    """
+
+    def __init__(self, suites: dict[str, Suite], every_n_validations: int = 1) -> None:
+        if every_n_validations < 1:
+            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
+        self.suites, self.every = suites, every_n_validations
+        self.validations = 0
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.validations += 1
+        if self.validations % self.every:
+            return
+        dm = trainer.datamodule
+        metrics, _ = run_suites(self.suites, pl_module.model, dm.tokenizer, dm.template)
+        self.history.append({"step": trainer.global_step, **metrics})
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+        log.info("step %d: %s", trainer.global_step, {k: round(v, 3) for k, v in metrics.items()})

@@ -1,0 +1,95 @@
+"""Training writes the forgetting report; itune-eval reproduces it from the run directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from itune.train import train
+
+pytestmark = pytest.mark.slow
+TINY = ["model=tiny", "template=chatml", "logger=csv", "trainer=debug", "trainer.limit_val_batches=1.0"]
+
+
+def itune_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).with_name("itune-eval")), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def demo_run(compose_train, tmp_path):
+    """A tiny run on the demo mix with the demo rule suites (few prompts), cache in tmp_path."""
+    cfg = compose_train(
+        *TINY,
+        "eval=demo",
+        f"eval.cache_dir={tmp_path / 'cache'}",
+        "eval.suites.disclaimer.limit=4",
+        "eval.suites.general_rules.limit=4",
+        "eval.suites.disclaimer.max_new_tokens=8",
+        "eval.suites.general_rules.max_new_tokens=8",
+    )
+    metrics, _ = train(cfg)
+    return Path(cfg.run_dir), metrics, cfg
+
+
+def test_training_writes_the_forgetting_report(demo_run, tmp_path):
+    run_dir, metrics, _ = demo_run
+    report = json.loads((run_dir / "forgetting.json").read_text())
+    rows = {r["metric"]: r for r in report["rows"]}
+    assert {"eval/disclaimer/ends_with_disclaimer", "eval/general_rules/no_disclaimer"} <= set(rows)
+    assert rows["val/domain/loss"]["kind"] == "domain" and rows["val/general/loss"]["kind"] == "general"
+    for key, row in rows.items():
+        assert metrics[key] == pytest.approx(row["tuned"]) and metrics[f"base/{key}"] == pytest.approx(
+            row["base"]
+        )
+    for key in ("gain/domain_delta", "forgetting/general_delta", "forgetting/regressions"):
+        assert metrics[key] == report["summary"][key]
+    assert (run_dir / "forgetting.md").exists() and (run_dir / "forgetting.png").exists()
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # one cached base result per suite
+
+
+def test_itune_eval_reproduces_the_report(demo_run, tmp_path):
+    run_dir, metrics, _ = demo_run
+    done = itune_eval(
+        f"run={run_dir}",
+        "eval=demo",
+        f"eval.cache_dir={tmp_path / 'cache'}",
+        "eval.suites.disclaimer.limit=4",
+        "eval.suites.general_rules.limit=4",
+        "eval.suites.disclaimer.max_new_tokens=8",
+        "eval.suites.general_rules.max_new_tokens=8",
+        f"hydra.run.dir={tmp_path / 'eval_out'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval_out" / "eval_metrics.json").read_text())
+    for key in ("eval/disclaimer/ends_with_disclaimer", "eval/general_rules/no_disclaimer"):
+        assert evaluated[key] == pytest.approx(metrics[key])
+        assert evaluated[f"base/{key}"] == pytest.approx(metrics[f"base/{key}"])
+    assert (tmp_path / "eval_out" / "forgetting.md").exists()
+
+
+def test_itune_eval_refuses_another_template(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    done = itune_eval(f"run={run_dir}", "template=alpaca", "eval=demo", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "template mismatch" in done.stderr and "alpaca" in done.stderr
+
+
+def test_periodic_eval_callback_logs_during_training(compose_train, tmp_path):
+    cfg = compose_train(
+        *TINY,
+        "callbacks=periodic_eval",
+        "callbacks.periodic_eval.suites.disclaimer.limit=2",
+        "callbacks.periodic_eval.suites.disclaimer.max_new_tokens=4",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+    )
+    _, objects = train(cfg)
+    callback = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "PeriodicEval")
+    assert [h["step"] for h in callback.history] == [2, 4]
+    assert all("eval/disclaimer/ends_with_disclaimer" in h for h in callback.history)
