@@ -14,9 +14,10 @@ from typing import TextIO
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
 from itune.data.templates import Message, Template
+from itune.generation import generation_config
 from itune.run_loading import load_model
 
 HELP = "commands: /reset (clear history), /system <text> (new system prompt), /exit (quit)"
@@ -36,15 +37,7 @@ def stream_reply(
     device = next(model.parameters()).device
     ids = torch.tensor([template.encode_prompt(messages)], device=device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=None,
-        eos_token_id=template.stop_token_ids,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = generation_config(template, tokenizer, max_new_tokens, do_sample, temperature, top_p)
     kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "generation_config": config}
     worker = threading.Thread(
         target=lambda: model.generate(**kwargs, streamer=streamer), daemon=True, name="itune-chat-generate"

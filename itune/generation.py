@@ -8,6 +8,26 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from itune.data.templates import Message, Template
 
 
+def generation_config(
+    template: Template,
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> GenerationConfig:
+    """Explicit generation settings: greedy unless `do_sample`, stopping at the template's end of turn."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        eos_token_id=template.stop_token_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -30,15 +50,7 @@ def generate(
     device = next(model.parameters()).device
     prompts = [template.encode_prompt(c) for c in conversations]
     stop = template.stop_token_ids
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=None,
-        eos_token_id=stop,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = generation_config(template, tokenizer, max_new_tokens, do_sample, temperature, top_p)
     replies: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths, less padding
     for start in range(0, len(order), batch_size):

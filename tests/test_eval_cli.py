@@ -12,6 +12,13 @@ import pytest
 from itune.train import train
 
 pytestmark = pytest.mark.slow
+SMALL_DEMO_EVAL = [
+    "eval=demo",
+    "eval.suites.disclaimer.limit=4",
+    "eval.suites.general_rules.limit=4",
+    "eval.suites.disclaimer.max_new_tokens=8",
+    "eval.suites.general_rules.max_new_tokens=8",
+]
 TINY = ["model=tiny", "template=chatml", "logger=csv", "trainer=debug", "trainer.limit_val_batches=1.0"]
 
 
@@ -23,15 +30,7 @@ def itune_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def demo_run(compose_train, tmp_path):
     """A tiny run on the demo mix with the demo rule suites (few prompts), cache in tmp_path."""
-    cfg = compose_train(
-        *TINY,
-        "eval=demo",
-        f"eval.cache_dir={tmp_path / 'cache'}",
-        "eval.suites.disclaimer.limit=4",
-        "eval.suites.general_rules.limit=4",
-        "eval.suites.disclaimer.max_new_tokens=8",
-        "eval.suites.general_rules.max_new_tokens=8",
-    )
+    cfg = compose_train(*TINY, *SMALL_DEMO_EVAL, f"eval.cache_dir={tmp_path / 'cache'}")
     metrics, _ = train(cfg)
     return Path(cfg.run_dir), metrics, cfg
 
@@ -56,12 +55,8 @@ def test_itune_eval_reproduces_the_report(demo_run, tmp_path):
     run_dir, metrics, _ = demo_run
     done = itune_eval(
         f"run={run_dir}",
-        "eval=demo",
+        *SMALL_DEMO_EVAL,
         f"eval.cache_dir={tmp_path / 'cache'}",
-        "eval.suites.disclaimer.limit=4",
-        "eval.suites.general_rules.limit=4",
-        "eval.suites.disclaimer.max_new_tokens=8",
-        "eval.suites.general_rules.max_new_tokens=8",
         f"hydra.run.dir={tmp_path / 'eval_out'}",
         cwd=tmp_path,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, IterableDataset, load_dataset
 
@@ -32,24 +34,51 @@ def _utf8_problem(path: Path, chunk: int = 1 << 24) -> str | None:
     return None
 
 
-def _json_problem(path: Path) -> str | None:
-    """First syntax problem of a JSON/JSONL file as 'line N: ...', or None."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            return f"line {e.lineno}: {e.msg}"
-        return None
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, object, None) for each non-empty line, or (line number, None, problem) when the line
+    is not a JSON object."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                return f"line {n}: {e.msg} (column {e.colno})"
-            if not isinstance(row, dict):
-                return f"line {n}: expected a JSON object per line, got {type(row).__name__}"
-    return None
+                yield n, None, f"line {n}: {e.msg} (column {e.colno})"
+                continue
+            if isinstance(row, dict):
+                yield n, row, None
+            else:
+                yield n, None, f"line {n}: expected a JSON object per line, got {type(row).__name__}"
+
+
+def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per line of a JSONL file; FileNotFoundError / SourceError naming file and line.
+
+    Args:
+        path: the JSONL file.
+        what: what the file is, for messages ("prompt file", "benchmark file").
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} not found")
+    if problem := _utf8_problem(p):
+        raise SourceError(f"{p}: {problem}")
+    for n, row, problem in jsonl_rows(p):
+        if problem:
+            raise SourceError(f"{p}, {problem}")
+        yield n, row
+
+
+def _json_problem(path: Path) -> str | None:
+    """First syntax problem of a JSON/JSONL file as 'line N: ...', or None."""
+    if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            return f"line {e.lineno}: {e.msg}"
+        return None
+    return next((problem for _, _, problem in jsonl_rows(path) if problem), None)
 
 
 def load_source(
@@ -90,16 +119,9 @@ def load_jsonl_skipping(path: str) -> tuple[Dataset, list[str]]:
     if problem := _utf8_problem(p):
         raise SourceError(f"{p}: {problem}")
     rows, bad = [], []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append(f"line {n}: {e.msg} (column {e.colno})")
-            continue
-        if not isinstance(row, dict):
-            bad.append(f"line {n}: expected a JSON object per line, got {type(row).__name__}")
-            continue
-        rows.append(row)
+    for _, row, problem in jsonl_rows(p):
+        if problem:
+            bad.append(problem)
+        else:
+            rows.append(row)
     return Dataset.from_list(rows), bad

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from itune.data.sources import read_jsonl
 from itune.data.templates import Template
 from itune.generation import generate
 
@@ -22,18 +22,16 @@ METRICS = (
 
 def read_ifeval(path: str, limit: int | None) -> list[dict[str, Any]]:
     """IFEval rows (key, prompt, instruction_id_list, kwargs), checking their shape."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"IFEval prompts file {p} not found")
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if not {"prompt", "instruction_id_list", "kwargs"} <= set(row) or len(row["kwargs"]) != len(
-            row["instruction_id_list"]
+    for n, row in read_jsonl(path, "IFEval prompts file"):
+        ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
+        if (
+            "prompt" not in row
+            or not isinstance(ids, list)
+            or not isinstance(kwargs, list)
+            or len(ids) != len(kwargs)
         ):
-            raise ValueError(f"{p}, line {n}: expected prompt, instruction_id_list and matching kwargs")
+            raise ValueError(f"{path}, line {n}: expected prompt, instruction_id_list and matching kwargs")
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

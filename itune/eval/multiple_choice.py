@@ -7,14 +7,13 @@ is scored as the assistant's reply. `acc` picks the choice with the highest summ
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from itune.data.sources import read_jsonl
 from itune.data.templates import Template
 from itune.eval.scoring import continuation_logprobs
 
@@ -67,25 +66,19 @@ def read_items(path: str, shape: str, limit: int | None) -> list[Item]:
     """Rows of a benchmark JSONL file as (question, choices, answer), checking every row's shape."""
     if shape not in SHAPES:
         raise ValueError(f"unknown benchmark shape {shape!r}; valid: {', '.join(SHAPES)}")
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"benchmark file {p} not found")
     items: list[Item] = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                question, choices, answer = SHAPES[shape](json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise BenchmarkError(f"{p}, line {n}: not a {shape} row ({type(e).__name__}: {e})") from e
-            if not 0 <= answer < len(choices) or len(choices) < 2:
-                raise BenchmarkError(f"{p}, line {n}: answer {answer} is outside the {len(choices)} choices")
-            items.append((question, choices, answer))
-            if limit is not None and len(items) >= limit:
-                break
+    for n, row in read_jsonl(path, "benchmark file"):
+        try:
+            question, choices, answer = SHAPES[shape](row)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BenchmarkError(f"{path}, line {n}: not a {shape} row ({type(e).__name__}: {e})") from e
+        if not 0 <= answer < len(choices) or len(choices) < 2:
+            raise BenchmarkError(f"{path}, line {n}: answer {answer} is outside the {len(choices)} choices")
+        items.append((question, choices, answer))
+        if limit is not None and len(items) >= limit:
+            break
     if not items:
-        raise BenchmarkError(f"benchmark file {p} has no rows")
+        raise BenchmarkError(f"benchmark file {path} has no rows")
     return items
 
 

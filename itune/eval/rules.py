@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from itune.data.sources import read_jsonl
 from itune.data.templates import Template
 from itune.generation import generate
 
@@ -75,24 +75,15 @@ def make_rule(name: str, spec: dict[str, Any]) -> Rule:
 
 def read_prompts(path: str, field: str, limit: int | None) -> list[str]:
     """Prompts from a JSONL file, one object per line with the prompt under `field`."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"prompt file {p} not found")
     prompts = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}, line {n}: not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise ValueError(f"{p}, line {n}: expected an object with a string field {field!r}")
+    for n, row in read_jsonl(path, "prompt file"):
+        if not isinstance(row.get(field), str):
+            raise ValueError(f"{path}, line {n}: expected an object with a string field {field!r}")
         prompts.append(row[field])
         if limit is not None and len(prompts) >= limit:
             break
     if not prompts:
-        raise ValueError(f"prompt file {p} has no prompts")
+        raise ValueError(f"prompt file {path} has no prompts")
     return prompts
 
 
