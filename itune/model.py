@@ -152,3 +152,33 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+
+
+def compile_model(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """Compile the model's forward in place with `torch.compile` (state dict keys unchanged).
+
+    Worth it on GPU for long runs; the first steps pay the compilation, and every new batch shape may
+    recompile (packed rows with `data.pack_scope=dataset` keep shapes nearly fixed).
+    """
+    model.compile(mode=mode, dynamic=True)
+    log.info("torch.compile: model forward compiled (mode=%s)", mode or "default")
+    return model
+
+
+def apply_liger_kernel(model: PreTrainedModel) -> PreTrainedModel:
+    """Patch a transformers model in place with liger-kernel's Triton kernels (GPU): RMSNorm, RoPE,
+    SwiGLU and the fused linear cross-entropy that never materialises the full logits.
+
+    Raises:
+        ImportError: when liger-kernel is not installed, saying how to install it or switch it off.
+    """
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as e:
+        raise ImportError(
+            "model.liger_kernel=true needs the liger-kernel package (GPU, Triton): "
+            "pip install 'itune[gpu]' (or pip install liger-kernel), or set model.liger_kernel=false"
+        ) from e
+    _apply_liger_kernel_to_instance(model=model)
+    log.info("liger-kernel applied to %s", type(model).__name__)
+    return model

@@ -13,6 +13,9 @@ from torch import nn
 
 from itune.data.templates import IGNORE_INDEX
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # batch keys every model gets
+FLASH_VARLEN_INPUTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # packed, flash only
+
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy of next-token prediction, 0 where the (shifted) label is IGNORE_INDEX."""
@@ -26,10 +29,54 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     ).view_as(shift_labels)
 
 
+def uses_flash_attention(model: nn.Module) -> bool:
+    """True when the model's attention is a flash-attention kernel (varlen inputs for packed rows)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return "flash" in impl
+
+
+def model_inputs(batch: dict[str, Any], flash: bool) -> dict[str, Any]:
+    """The keys of a batch the model takes: ids, mask or packed position ids (+ varlen sizes on flash)."""
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    if flash and "position_ids" in batch and "cu_seq_lens_q" in batch:
+        inputs |= {k: batch[k] for k in FLASH_VARLEN_INPUTS}
+    return inputs
+
+
+@torch.no_grad()
+def packed_isolation_error(model: nn.Module, lengths: tuple[int, int] = (5, 7)) -> float:
+    """How much a packed example's logits change because of the example before it in the same row.
+
+    Runs two random sequences alone and packed (position ids restarting, no attention mask, varlen sizes
+    on flash attention) in eval mode and returns max |difference| / max |logit| of the second one: ~1e-6
+    in fp32 when the model keeps attention inside each example, of order 1 when it does not.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        vocab = model.get_input_embeddings().num_embeddings
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randint(0, vocab, (1, n), generator=g).to(device) for n in lengths)
+        alone = model(input_ids=b, use_cache=False).logits.float()
+        pos = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+        batch: dict[str, Any] = {"input_ids": torch.cat([a, b], 1), "position_ids": pos}
+        cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32, device=device)
+        batch |= {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths)}
+        batch["max_length_k"] = max(lengths)
+        packed = model(**model_inputs(batch, uses_flash_attention(model)), use_cache=False).logits.float()
+        diff = (packed[:, lengths[0] :] - alone).abs().max() / alone.abs().max().clamp(min=1e-6)
+        return float(diff)
+    finally:
+        model.train(was_training)
+
+
 class InstructionTuner(L.LightningModule):
     """Fine-tunes a causal LM on batches of input_ids/labels/attention_mask.
 
-    The loss is the mean over trained tokens (labels != IGNORE_INDEX) of the batch. Validation reports
+    The loss is the mean over trained tokens (labels != IGNORE_INDEX) of the batch, padded or packed (a
+    packed batch carries `position_ids` that restart per example instead of an attention mask, and masks
+    the first label of every example, so the trained tokens are the same). Validation reports
     `val/loss` over all held-out tokens and `val/<source>/loss` per data source.
 
     Args:
@@ -38,6 +85,9 @@ class InstructionTuner(L.LightningModule):
         scheduler: partial LR-schedule factory taking the optimizer (and `num_training_steps` if it
             accepts it); stepped every optimizer step. None keeps the LR constant.
         source_names: names of the validation sources, by index of the batch's `source` field.
+        fused_cross_entropy: train with the model's own loss (`labels=` passed to the model) instead of
+            materialising the logits; with `model.liger_kernel=true` that is liger-kernel's fused, chunked
+            linear cross-entropy (same mean over trained tokens, far less memory for large vocabularies).
     """
 
     def __init__(
@@ -46,28 +96,58 @@ class InstructionTuner(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         source_names: list[str] | None = None,
+        fused_cross_entropy: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.source_names = list(source_names or [])
+        self.fused_cross_entropy = fused_cross_entropy
+        self.flash = uses_flash_attention(model)
+        self.isolation_checked = False
         self.peft = hasattr(model, "peft_config")
         self.strict_loading = not self.peft  # adapter-only checkpoints hold the trainable weights only
         n = max(1, len(self.source_names))
         self.register_buffer("val_loss_sum", torch.zeros(n, dtype=torch.float64), persistent=False)
         self.register_buffer("val_tokens", torch.zeros(n, dtype=torch.float64), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Logits; `kwargs` are packed-batch inputs (`position_ids`, varlen sizes)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return out.logits
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = token_losses(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    def check_packing(self) -> None:
+        """Refuse packed batches once, at the first one, if the model lets packed examples see each other."""
+        self.isolation_checked = True
+        err = packed_isolation_error(self.model)
+        if err > 5e-2:
+            impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+            raise RuntimeError(
+                f"packed examples are not isolated by this model (attn_implementation={impl!r}): an "
+                f"example's logits change by {err:.2g} (relative) when another example precedes it. Use "
+                "model.lm.attn_implementation=sdpa (or flash_attention_2 on GPU), or set data.packing=false."
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if "position_ids" in batch and not self.isolation_checked:
+            self.check_packing()
+        inputs = model_inputs(batch, self.flash)
         trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-        loss = losses.sum() / trained.clamp(min=1)
+        if self.fused_cross_entropy:  # the model's loss: mean over the shifted labels that are trained
+            loss = self.model(**inputs, labels=batch["labels"], use_cache=False).loss
+        else:
+            losses = token_losses(self.model(**inputs, use_cache=False).logits, batch["labels"])
+            loss = losses.sum() / trained.clamp(min=1)
         bs = batch["input_ids"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/trained_tokens", trained.float(), reduce_fx="sum", batch_size=bs)
+        if "num_real_tokens" in batch:  # real (not padding) tokens, and their share of the batch
+            real = batch["num_real_tokens"].float()
+            self.log("train/real_tokens", real, reduce_fx="sum", batch_size=bs)
+            self.log("train/token_efficiency", real / batch["num_row_tokens"], batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return loss
 

@@ -41,3 +41,33 @@ def test_training_step_matches_token_losses():
     module.optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
     loss = module.training_step({"input_ids": ids, "labels": labels, "attention_mask": mask}, 0)
     assert torch.allclose(loss, expected)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_model_loss_path_matches_token_losses(packed, tokenizer):
+    """fused_cross_entropy=True (the model's own loss, liger's fused kernel when applied) = our mean."""
+    from itune.data.collate import PackCollator, PadCollator
+    from tests.test_templates import MULTI, SINGLE, build
+
+    chatml = build("chatml", tokenizer)
+    examples = [chatml.encode(c) for c in (MULTI, SINGLE)]
+    collate = PackCollator(tokenizer.pad_token_id, 256) if packed else PadCollator(tokenizer.pad_token_id)
+    batch = collate(examples)
+    model = tiny_llama()
+    ours = InstructionTuner(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    fused = InstructionTuner(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), fused_cross_entropy=True)
+    for m in (ours, fused):
+        m.log = lambda *a, **k: None
+        m.optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.testing.assert_close(fused.training_step(batch, 0), ours.training_step(batch, 0))
+
+
+def test_liger_switch_without_the_package_says_what_to_do():
+    import importlib.util
+
+    from itune.model import apply_liger_kernel
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed")
+    with pytest.raises(ImportError, match="model.liger_kernel=false"):
+        apply_liger_kernel(tiny_llama())

@@ -20,7 +20,8 @@ from datasets import Dataset, IterableDataset, concatenate_datasets, interleave_
 from torch.utils.data import DataLoader
 
 from itune.data import audit as au
-from itune.data.collate import PadCollator
+from itune.data import packing as pk
+from itune.data.collate import PackCollator, PadCollator
 from itune.data.curate import Filter, build_filters, curate_batch, snippet
 from itune.data.formats import RowError, get_format, to_messages
 from itune.data.mix import draw_indices, mix_counts
@@ -170,6 +171,13 @@ class InstructDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pad_to_multiple_of: round padded lengths up (8 suits tensor cores).
         seed: seed of the split and the mix.
+        packing: lay training examples side by side in rows (no padding between them), attention and
+            position ids restarting per example; validation batches stay padded.
+        pack_length: token budget of a packed row (None: max_length).
+        pack_scope: `batch` packs each step's batch_size examples (same examples and loss per step as
+            without packing); `dataset` packs the whole mixture once (best-fit decreasing) into rows of
+            pack_length, and batch_size then counts rows (a fixed token budget per step).
+        group_by_length: without packing, batch examples of similar length (less padding).
     """
 
     def __init__(
@@ -193,6 +201,10 @@ class InstructDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pad_to_multiple_of: int = 8,
         seed: int = 0,
+        packing: bool = False,
+        pack_length: int | None = None,
+        pack_scope: Literal["batch", "dataset"] = "batch",
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         if not sources:
@@ -221,6 +233,23 @@ class InstructDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.collate = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of)
+        if pack_scope not in ("batch", "dataset"):
+            raise ValueError(f"data.pack_scope={pack_scope!r}; valid: batch, dataset")
+        self.pack_length = pack_length or max_length
+        if packing and self.pack_length < max_length:
+            raise ValueError(
+                f"data.pack_length={pack_length} < data.max_length={max_length}: an example must fit a row; "
+                "raise pack_length or lower max_length"
+            )
+        self.packing, self.pack_scope, self.group_by_length = packing, pack_scope, group_by_length
+        if packing and streaming and pack_scope == "dataset":
+            log.warning("data.pack_scope=dataset needs the whole mixture; a stream packs each batch instead")
+            self.pack_scope = "batch"
+        self.pad_to_multiple_of = pad_to_multiple_of
+        pack = PackCollator(tokenizer.pad_token_id, self.pack_length, pad_to_multiple_of)
+        self.train_collate = pack if packing else self.collate
+        self.lengths: list[int] = []  # token count of every training example (map-style data)
+        self.bins: list[list[int]] = []  # pack_scope=dataset: example indices of every packed row
         self.train_set: Dataset | IterableDataset | None = None
         self.val_set: Dataset | None = None
         self.stats: dict[str, float] = {}
@@ -498,6 +527,7 @@ class InstructDataModule(L.LightningDataModule):
         raws = [self._load(s) for s in self.sources]
         prepared = self._split(self._prepare(raws))
         self._mix(prepared)
+        self._plan_batches()
 
     def _load(self, src: Source) -> Dataset:
         """Load a source; with on_bad_row=skip, a JSONL file's malformed lines are left out and counted."""
@@ -549,6 +579,47 @@ class InstructDataModule(L.LightningDataModule):
         self.manifest = au.build_manifest(self, prepared, counts, available)
         self.audit = au.build_audit(self, self._recorder, prepared, draws, self.manifest)
 
+    def _plan_batches(self) -> None:
+        """Lengths, packed rows (pack_scope=dataset) and the share of real tokens in training batches.
+
+        `data/packing_efficiency` is real tokens / (rows x row width) over one epoch: of the packed rows
+        (x pack_length) with pack_scope=dataset, otherwise of the batches of one seeded shuffle (rows
+        padded as the collator pads them), so it is also reported without packing.
+        """
+        import pyarrow.compute as pc
+
+        arrow = self.train_set.select_columns(["input_ids"]).with_format("arrow")
+        self.lengths = [
+            n for t in arrow.iter(batch_size=10_000) for n in pc.list_value_length(t["input_ids"]).to_pylist()
+        ]
+        if self.packing and self.pack_scope == "dataset":
+            self.bins = pk.best_fit_decreasing(self.lengths, self.pack_length)
+            efficiency = sum(self.lengths) / (len(self.bins) * self.pack_length)
+            self.stats["data/packed_rows"] = len(self.bins)
+        else:
+            efficiency = self._epoch_efficiency()
+        self.stats["data/packing_efficiency"] = efficiency
+        mode = f"packed ({self.pack_scope}, {self.pack_length} tokens a row)" if self.packing else "padded"
+        log.info("training batches %s: %.1f%% real tokens", mode, 100 * efficiency)
+
+    def _epoch_efficiency(self) -> float:
+        """Real / batch tokens over one seeded epoch of the padded or batch-packed training batches."""
+        bs, lengths = self.batch_size, self.lengths
+        if self.group_by_length and not self.packing:
+            order = pk.length_grouped_order(lengths, bs, self.seed)
+        else:
+            order = np.random.default_rng(self.seed).permutation(len(lengths)).tolist()
+        real = slots = 0
+        for start in range(0, len(order), bs):
+            lens = [lengths[i] for i in order[start : start + bs]]
+            if self.packing:
+                rows = [sum(lens[i] for i in r) for r in pk.balanced_rows(lens, self.pack_length)]
+            else:
+                rows = lens
+            real += sum(rows)
+            slots += len(rows) * pk.padded_width(max(rows), self.pad_to_multiple_of)
+        return real / max(1, slots)
+
     # ------------------------------------------------------------------------------------ streaming
     def _setup_streaming(self) -> None:
         """Lazy sources interleaved by weight; the audit and validation rows come from each source's head."""
@@ -592,18 +663,29 @@ class InstructDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
-        if isinstance(self.train_set, IterableDataset):
+        if isinstance(self.train_set, IterableDataset):  # packing=true packs each batch (pack_scope=batch)
             return DataLoader(
                 self.train_set,
                 batch_size=self.batch_size,
-                collate_fn=self.collate,
+                collate_fn=self.train_collate,
+                num_workers=self.num_workers,
+            )
+        data = self.train_set.with_format(columns=["input_ids", "labels", "source"])
+        if self.packing and self.pack_scope == "dataset":  # items are packed rows; shuffled row order
+            data = pk.PackedDataset(data, self.bins)
+        elif self.group_by_length and not self.packing:  # a seeded sampler with set_epoch: resumable
+            return DataLoader(
+                data,
+                batch_size=self.batch_size,
+                sampler=pk.LengthGroupedSampler(self.lengths, self.batch_size, self.seed),
+                collate_fn=self.train_collate,
                 num_workers=self.num_workers,
             )
         return DataLoader(
-            self.train_set.with_format(columns=["input_ids", "labels", "source"]),
+            data,
             batch_size=self.batch_size,
             shuffle=True,
-            collate_fn=self.collate,
+            collate_fn=self.train_collate,
             num_workers=self.num_workers,
         )
 

@@ -1,0 +1,454 @@
+"""Throughput side by side: itune (Lightning) vs a hand-written PyTorch loop vs TRL's SFTTrainer.
+
+    python scripts/bench_throughput.py                     # tiny + demo model, packed and padded (~5 min CPU)
+    python scripts/bench_throughput.py --models tiny --steps 10
+    python scripts/bench_throughput.py --efficiency-only   # Alpaca packing efficiency at 1,024 tokens
+
+Every runner trains the same model (LoRA r=8 on all linear layers), on the same examples in the same
+order and batches (`--batch-size` examples a step, `--max-length` tokens at most, packed into rows of
+max_length tokens or padded), with AdamW at a constant LR, gradient clipping at 1.0, fp32 on CPU, for
+`--warmup` + `--steps` optimizer steps; only the last `--steps` are timed. Each runner runs in its own
+process, so peak RSS is its own (it includes the model and the imports, which are the same for all).
+
+- real tok/s: median over the timed steps of non-padding tokens / step time; s/step: median step time
+  (every runner trains the same batches, so medians compare; they resist a busy machine).
+- data share: time spent fetching and collating batches / step time.
+- MFU (GPU only): tokens/s x FLOPs per token / peak FLOP/s, with FLOPs per token = 6N (full fine-tune) or
+  4N (LoRA: no weight gradients of the frozen base, the adapters are negligible) + 12 L d s_ctx for the
+  attention scores (L layers, width d, s_ctx the mean attended context, ~half the row length when causal).
+  On CPU it prints n/a.
+- TRL runs twice: with SFTConfig's defaults (bf16=True and gradient_checkpointing=True unless set: see the
+  note printed under the table) and with bf16=False, gradient_checkpointing=False (`trl fp32`).
+
+Needs the `bench` extra (`pip install -e '.[bench]'`) for TRL; rows of a missing runner are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPACA = ROOT.parent / "shared" / "data" / "alpaca_5000.json"
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
+
+
+# ------------------------------------------------------------------------------------------ shared setup
+def load(model_name: str) -> tuple[Any, Any, Any]:
+    """(LoRA model, tokenizer, template) of `tiny` or `demo`, as itune builds them."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from itune.model import apply_peft
+
+    torch.manual_seed(0)
+    lora = OmegaConf.load(ROOT / "conf" / "peft" / "lora.yaml")
+    lora.lora_dropout = 0.0
+    if model_name == "tiny":
+        from itune.model import byte_level_tokenizer, tiny_llama
+
+        tok, model, tpl = byte_level_tokenizer(), tiny_llama(), "chatml"
+    else:
+        from itune.demo_model import load_demo_model, load_demo_tokenizer
+
+        tok, model, tpl = load_demo_tokenizer(), load_demo_model(), "tokenizer"
+    template = instantiate(OmegaConf.load(ROOT / "conf" / "template" / f"{tpl}.yaml"), tokenizer=tok)
+    return apply_peft(model, instantiate(lora)), tok, template
+
+
+def examples(template: Any, n: int, max_length: int, data: Path) -> list[dict[str, list[int]]]:
+    """The first n Alpaca rows that fit max_length, encoded by the template (input_ids, labels)."""
+    from itune.data.formats import RowError, to_messages
+    from itune.data.templates import IGNORE_INDEX
+
+    text = data.read_text()
+    rows = json.loads(text) if data.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
+    out = []
+    for row in rows:
+        try:
+            enc = template.encode(to_messages(row, "alpaca"))
+        except RowError:  # e.g. an empty output
+            continue
+        if len(enc["input_ids"]) <= max_length and any(x != IGNORE_INDEX for x in enc["labels"]):
+            out.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
+        if len(out) == n:
+            return out
+    raise SystemExit(f"{data} has only {len(out)} rows of at most {max_length} tokens; need {n}")
+
+
+def lora_flops_per_token(model: Any, row_tokens: float) -> float:
+    """4N + 12 L d s_ctx (LoRA), s_ctx ~ half the mean row length (causal)."""
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return 4 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * row_tokens / 2
+
+
+class Timer:
+    """Accumulates seconds spent in wrapped calls (data fetching and collation)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.on = 0.0, False
+
+    def wrap(self, fn: Any) -> Any:
+        def timed(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if self.on:
+                    self.seconds += time.perf_counter() - t
+
+        return timed
+
+
+# -------------------------------------------------------------------------------------------- runners
+def run_hand(model: Any, batches: list, collate: Any, args: argparse.Namespace, timer: Timer) -> list[float]:
+    """The floor: collate, forward, masked mean loss, backward, clip, AdamW step."""
+    import torch
+
+    from itune.data.templates import IGNORE_INDEX
+    from itune.module import model_inputs, token_losses, uses_flash_attention
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    flash, collate = uses_flash_attention(model), timer.wrap(collate)
+    model.train()
+    times = []
+    for i, exs in enumerate(batches):
+        timer.on, start = i >= args.warmup, time.perf_counter()
+        batch = collate(exs)
+        logits = model(**model_inputs(batch, flash), use_cache=False).logits
+        loss = token_losses(logits, batch["labels"]).sum() / (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times[args.warmup :]
+
+
+def run_itune(model: Any, batches: list, collate: Any, args: argparse.Namespace, timer: Timer) -> list[float]:
+    """InstructionTuner under lightning.Trainer, data from a datasets.Dataset as the datamodule serves it."""
+    from functools import partial
+
+    import lightning as L
+    import torch
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+
+    from itune.module import InstructionTuner
+
+    rows = [e for b in batches for e in b]
+    data = Dataset.from_list(rows).with_format(columns=["input_ids", "labels"])
+
+    class Timed(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(data)
+
+        __getitem__ = timer.wrap(lambda self, i: data[i])
+
+    marks: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *a: Any) -> None:
+            marks.append(time.perf_counter())
+            timer.on = len(marks) >= args.warmup
+
+    loader = DataLoader(Timed(), batch_size=args.batch_size, shuffle=False, collate_fn=timer.wrap(collate))
+    module = InstructionTuner(model, optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0))
+    trainer = L.Trainer(
+        accelerator="cpu" if not torch.cuda.is_available() else "gpu",
+        devices=1,
+        precision="32-true",
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Clock()],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return [b - a for a, b in zip(marks[args.warmup - 1 :], marks[args.warmup :], strict=False)]
+
+
+def run_trl(model: Any, batches: list, tok: Any, args: argparse.Namespace, timer: Timer) -> list[float]:
+    """TRL's SFTTrainer on the same pre-tokenized rows (labels given), sequential order, constant LR."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [e for b in batches for e in b]
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            marks.append(time.perf_counter())
+            timer.on = len(marks) >= args.warmup
+
+    class Sequential(SFTTrainer):
+        def _get_train_sampler(self, *a: Any, **k: Any) -> torch.utils.data.Sampler:
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    settings = TRL_SETTINGS[args.runner]
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(
+            output_dir=out,
+            max_steps=len(batches),
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            weight_decay=0.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=1.0,
+            max_length=None if args.packing else args.max_length,  # rows are pre-filtered to max_length
+            padding_free=args.packing,
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            seed=0,
+            **settings,
+        )
+        trainer = Sequential(
+            model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok
+        )
+        trainer.data_collator = timer.wrap(trainer.data_collator)
+        trainer.add_callback(Clock())
+        trainer.train()
+    return [b - a for a, b in zip(marks[args.warmup - 1 :], marks[args.warmup :], strict=False)]
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One runner in this process; returns its measurements."""
+    import torch
+
+    from itune.data.collate import PackCollator, PadCollator
+
+    args = argparse.Namespace(**spec)
+    torch.set_num_threads(args.threads)
+    model, tok, template = load(args.model)
+    n = (args.warmup + args.steps) * args.batch_size
+    rows = examples(template, n, args.max_length, Path(args.data))
+    batches = [rows[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
+    collate = (
+        PackCollator(tok.pad_token_id, args.max_length, 8)
+        if args.packing
+        else PadCollator(tok.pad_token_id, 8)
+    )
+    timed = batches[args.warmup :]
+    reals = [sum(len(e["input_ids"]) for e in b) for b in timed]
+    real = sum(reals)
+    slots = sum(int(collate(b)["num_row_tokens"]) for b in timed)
+    timer = Timer()
+    if args.runner == "hand":
+        times = run_hand(model, batches, collate, args, timer)
+    elif args.runner == "itune":
+        times = run_itune(model, batches, collate, args, timer)
+    else:
+        times = run_trl(model, batches, tok, args, timer)
+    # medians over the timed steps (the same batches for every runner): robust to a busy machine
+    seconds = sum(times)
+    rate = statistics.median(n / t for n, t in zip(reals, times, strict=True))
+    flops = lora_flops_per_token(model.get_base_model(), slots / max(1, len(timed)))
+    mfu = None
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        mfu = rate * flops / peak if peak else None
+    return {
+        "s_per_step": statistics.median(times),
+        "tokens_per_s": rate,
+        "data_share": timer.seconds / seconds,
+        "efficiency": real / slots,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mfu": mfu,
+        "flops_per_token": flops,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def alpaca_efficiency(data: Path, budget: int = 1024, batch_size: int = 8) -> list[tuple[str, float]]:
+    """Real / row tokens of Alpaca with the demo tokenizer: packed (dataset, batch scope) and padded."""
+    import numpy as np
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from itune.data import packing as pk
+    from itune.data.formats import RowError, to_messages
+    from itune.demo_model import load_demo_tokenizer
+
+    cfg = OmegaConf.load(ROOT / "conf" / "template" / "tokenizer.yaml")
+    template = instantiate(cfg, tokenizer=load_demo_tokenizer())
+    conversations = []
+    for row in json.loads(data.read_text()):
+        try:
+            conversations.append(to_messages(row, "alpaca"))
+        except RowError:  # e.g. an empty output
+            continue
+    encoded = template.encode_batch(conversations)
+    lengths = [len(e["input_ids"]) for e in encoded if len(e["input_ids"]) <= budget]
+    bins = pk.best_fit_decreasing(lengths, budget)
+    order = np.random.default_rng(0).permutation(len(lengths)).tolist()
+    grouped = pk.length_grouped_order(lengths, batch_size, seed=0)
+
+    def epoch(order: list[int], packed: bool) -> float:
+        real = slots = 0
+        for k in range(0, len(order), batch_size):
+            lens = [lengths[i] for i in order[k : k + batch_size]]
+            rows_ = [sum(lens[i] for i in r) for r in pk.balanced_rows(lens, budget)] if packed else lens
+            real, slots = real + sum(rows_), slots + len(rows_) * pk.padded_width(max(rows_), 8)
+        return real / slots
+
+    return [
+        (
+            f"packed, dataset scope ({len(lengths)} examples, {len(bins)} rows)",
+            sum(lengths) / len(bins) / budget,
+        ),
+        (f"packed, batch scope (batch {batch_size})", epoch(order, True)),
+        (f"padded, shuffled (batch {batch_size})", epoch(order, False)),
+        (f"padded, length-grouped (batch {batch_size})", epoch(grouped, False)),
+    ]
+
+
+RUNNERS = ["hand", "itune", "trl_fp32", "trl_gc", "trl"]
+LABELS = {
+    "hand": "hand loop",
+    "itune": "itune",
+    "trl_fp32": "trl fp32",  # bf16=False, gradient_checkpointing=False
+    "trl_gc": "trl fp32 + grad ckpt",  # bf16=False, gradient_checkpointing=True (its default)
+    "trl": "trl defaults",  # bf16=True (autocast), gradient_checkpointing=True
+}
+TRL_SETTINGS = {
+    "trl_fp32": {"bf16": False, "gradient_checkpointing": False},
+    "trl_gc": {"bf16": False},
+    "trl": {},
+}
+
+
+def spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any] | str:
+    """Run one worker in a fresh process; its result, or a short reason it failed."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    env = os.environ | {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return (done.stderr.strip().splitlines() or ["failed"])[-1][:100]
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--models", nargs="+", default=["tiny", "demo"], choices=["tiny", "demo"])
+    parser.add_argument("--runners", nargs="+", default=RUNNERS, choices=RUNNERS)
+    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument(
+        "--trl-defaults-steps", type=int, default=1, help="timed steps of the slow TRL defaults"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="examples per step")
+    parser.add_argument("--tiny-max-length", type=int, default=1024, help="tokens (bytes) per example, tiny")
+    parser.add_argument("--demo-max-length", type=int, default=512, help="tokens per example, demo model")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=torch_threads())
+    parser.add_argument("--data", type=Path, default=ALPACA if ALPACA.exists() else None)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per runner")
+    parser.add_argument("--efficiency-only", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+    if args.data is None:
+        raise SystemExit(
+            "no Alpaca data: pass --data <alpaca-format .json> (../shared/data/alpaca_5000.json)"
+        )
+
+    if not args.efficiency_only:
+        print(
+            "| model | packing | runner | s/step | real tok/s | x hand | x trl defaults | x trl fp32 "
+            "| data share | real/row tokens | peak RSS MB | MFU |"
+        )
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for model in args.models:
+            max_length = args.tiny_max_length if model == "tiny" else args.demo_max_length
+            trl_defaults: dict[str, Any] | str = "not run"
+            for packing in (False, True):
+                results: dict[str, Any] = {}
+                for runner in args.runners:
+                    if runner in ("trl", "trl_gc") and packing:
+                        continue  # padding_free is not a TRL default; the fp32 run covers packing
+                    spec = {
+                        "model": model,
+                        "runner": runner,
+                        "packing": packing,
+                        "steps": args.trl_defaults_steps if runner == "trl" else args.steps,
+                        "warmup": 1 if runner == "trl" else args.warmup,
+                        "batch_size": args.batch_size,
+                        "max_length": max_length,
+                        "lr": args.lr,
+                        "threads": args.threads,
+                        "data": str(args.data),
+                    }
+                    results[runner] = spawn(spec, args.timeout)
+                trl_defaults = results.get("trl", trl_defaults)  # the padded run: what TRL does by default
+                others = results | {"trl": trl_defaults}
+                for runner, r in results.items():
+                    name = f"| {model} | {'on' if packing else 'off'} | {LABELS[runner]} |"
+                    if isinstance(r, str):
+                        print(f"{name} failed: {r} |||||||||")
+                        continue
+
+                    def ratio(other: str, r: dict[str, Any] = r, others: dict[str, Any] = others) -> str:
+                        o = others.get(other)
+                        return f"{r['tokens_per_s'] / o['tokens_per_s']:.2f}" if isinstance(o, dict) else "-"
+
+                    print(
+                        f"{name} {r['s_per_step']:.3f} | {r['tokens_per_s']:.0f} | {ratio('hand')} | "
+                        f"{ratio('trl')} | {ratio('trl_fp32')} | {100 * r['data_share']:.1f}% | "
+                        f"{100 * r['efficiency']:.1f}% | {r['peak_rss_mb']:.0f} | {fmt(r['mfu'], '.1%')} |",
+                        flush=True,
+                    )
+        print(
+            "\nx hand / x trl: real tokens/s over that runner's (same model, same packing; trl defaults: "
+            "padded).\nTRL's SFTConfig defaults bf16=True (CPU bf16 autocast) and "
+            "gradient_checkpointing=True (a second forward\nin the backward pass); `trl fp32` sets both off. "
+            "MFU = tok/s x FLOPs/token / peak, FLOPs/token = 4N (LoRA)\nor 6N (full) + 12*L*d*s_ctx; "
+            "n/a on CPU."
+        )
+    print(f"\nPacking efficiency (real / row tokens), {args.data.name}, demo tokenizer, 1,024-token budget:")
+    for label, value in alpaca_efficiency(args.data):
+        print(f"  {label:<58} {100 * value:.1f}%")
+
+
+def torch_threads() -> int:
+    """1 on a shared 2-core machine (2 threads stall on a busy core); all cores elsewhere."""
+    cores = len(os.sched_getaffinity(0))
+    return 1 if cores <= 2 else cores
+
+
+if __name__ == "__main__":
+    main()
