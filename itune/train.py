@@ -15,7 +15,7 @@ from itune import run_dir as rd
 from itune.data.audit import write_audit
 from itune.eval.forgetting import compare_runs, show_report, write_report
 from itune.eval.runner import base_cache_keys, run_suites
-from itune.model import apply_peft, enable_gradient_checkpointing
+from itune.model import apply_liger_kernel, apply_peft, compile_model, enable_gradient_checkpointing
 from itune.module import InstructionTuner
 from itune.resume import resolve_ckpt_path
 from itune.tracking import log_run_artifacts
@@ -54,9 +54,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     write_audit(run_dir, datamodule)  # audit.json/md, manifest.json (rank 0); fails if EOT is never trained
 
     model = instantiate(cfg.model.lm)
+    if cfg.model.get("liger_kernel"):  # before peft: patches the base model's modules and loss
+        apply_liger_kernel(model)
     if cfg.model.get("gradient_checkpointing"):
         enable_gradient_checkpointing(model)
     model = apply_peft(model, instantiate(cfg.peft) if cfg.get("peft") else None)
+    if cfg.model.get("compile"):
+        compile_model(model)
     suite_nodes = cfg.eval.get("suites") or {}
     suites = {name: instantiate(node) for name, node in suite_nodes.items()}
     on_base = cfg.eval.get("on_base", False)
@@ -66,6 +70,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         source_names=datamodule.source_names,
+        fused_cross_entropy=bool(cfg.model.get("liger_kernel")),
     )
     trainer = instantiate(
         cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks)

@@ -1,0 +1,39 @@
+"""itune-report: compose conf/report.yaml and report on sweep directories (itune.report.run_report).
+
+itune-report outputs/multirun/2026-01-01/12-00-00 [more sweep dirs] [key=value ...]
+itune-report sweeps=[outputs/multirun/…] criterion.at_least.forgetting/general_delta=-0.02
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from itune.report import run_report
+
+
+def positional_dirs_to_override(argv: list[str]) -> list[str]:
+    """`dir1 dir2 k=v` → `k=v sweeps=['dir1','dir2']` (arguments without `=`, `-`, `~` or `+` are dirs).
+
+    >>> positional_dirs_to_override(["outputs/multirun/a", "out=x"])
+    ['out=x', "sweeps=['outputs/multirun/a']"]
+    """
+    dirs = [a for a in argv if "=" not in a and not a.startswith(("-", "~", "+"))]
+    if not dirs:
+        return argv
+    quoted = ",".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in dirs)
+    return [a for a in argv if a not in dirs] + [f"sweeps=[{quoted}]"]
+
+
+@hydra.main(config_path="pkg://itune.conf", config_name="report", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    run_report(cfg)
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *positional_dirs_to_override(sys.argv[1:])]
+    _main()
+
+
+if __name__ == "__main__":
+    main()

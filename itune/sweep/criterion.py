@@ -1,0 +1,115 @@
+"""A selection criterion on metrics.json: one metric to maximise (or minimise) subject to bounds on others.
+
+The same criterion picks the recommended run in itune-report and, with a penalty for violated bounds, is
+the objective itune-train returns to a sweeper (`optimized_metric`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_METRIC = "gain/domain_delta"
+DEFAULT_RETENTION = "forgetting/general_delta"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """`direction` `metric` subject to `metrics[k] >= at_least[k]` and `metrics[k] <= at_most[k]`.
+
+    >>> c = Criterion.parse({"metric": "gain/domain_delta", "at_least": {"forgetting/general_delta": -0.05}})
+    >>> c.describe()
+    'maximize gain/domain_delta subject to forgetting/general_delta >= -0.05'
+    >>> c.feasible({"gain/domain_delta": 0.4, "forgetting/general_delta": -0.1})
+    False
+    """
+
+    metric: str = DEFAULT_METRIC
+    direction: Literal["maximize", "minimize"] = "maximize"
+    at_least: dict[str, float] = field(default_factory=dict)
+    at_most: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, Any] | None) -> Criterion:
+        """From a metric name or `{metric, direction, at_least, at_most}` (other keys are ignored)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, str):
+            return cls(metric=spec)
+        unknown = set(spec) - {"metric", "direction", "at_least", "at_most", "penalty"}
+        if unknown:
+            raise ValueError(
+                f"criterion: unknown key(s) {sorted(unknown)}; valid: metric, direction, at_least, at_most"
+            )
+        direction = spec.get("direction", "maximize")
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"criterion.direction must be maximize or minimize, not {direction!r}")
+        return cls(
+            metric=spec.get("metric", DEFAULT_METRIC),
+            direction=direction,
+            at_least={str(k): float(v) for k, v in (spec.get("at_least") or {}).items()},
+            at_most={str(k): float(v) for k, v in (spec.get("at_most") or {}).items()},
+        )
+
+    def describe(self) -> str:
+        bounds = [f"{k} >= {v:g}" for k, v in self.at_least.items()]
+        bounds += [f"{k} <= {v:g}" for k, v in self.at_most.items()]
+        return f"{self.direction} {self.metric}" + (f" subject to {' and '.join(bounds)}" if bounds else "")
+
+    def violation(self, metrics: Mapping[str, Any]) -> float:
+        """How far the metrics are outside the bounds (0 when feasible; inf when a bounded key is missing)."""
+        total = 0.0
+        for key, bound in self.at_least.items():
+            value = _number(metrics.get(key))
+            total += math.inf if value is None else max(0.0, bound - value)
+        for key, bound in self.at_most.items():
+            value = _number(metrics.get(key))
+            total += math.inf if value is None else max(0.0, value - bound)
+        return total
+
+    def feasible(self, metrics: Mapping[str, Any]) -> bool:
+        return self.violation(metrics) == 0.0 and _number(metrics.get(self.metric)) is not None
+
+    def score(self, metrics: Mapping[str, Any]) -> float | None:
+        """The metric signed so that higher is better (None when missing)."""
+        value = _number(metrics.get(self.metric))
+        if value is None:
+            return None
+        return value if self.direction == "maximize" else -value
+
+    def objective(self, metrics: Mapping[str, Any], penalty: float = 10.0) -> float:
+        """The metric minus `penalty` × the bound violation, in the metric's own direction."""
+        value = _number(metrics.get(self.metric))
+        if value is None:
+            raise KeyError(
+                f"objective metric {self.metric!r} is not in metrics.json (keys: {sorted(metrics)[:20]}…); "
+                "gain/ and forgetting/ keys need an eval preset with on_base: true, e.g. eval=demo"
+            )
+        shortfall = penalty * self.violation(metrics)
+        return value - shortfall if self.direction == "maximize" else value + shortfall
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def objective_value(metrics: Mapping[str, Any], spec: Any) -> float | tuple[float, ...] | None:
+    """What itune-train returns to a sweeper for `optimized_metric`.
+
+    `null` → None; a metrics.json key → its value; a list of keys → a tuple (multi-objective);
+    `{metric, direction, at_least, at_most, penalty}` → Criterion.objective with that penalty (default 10).
+
+    >>> objective_value({"a": 1.0, "b": -0.2}, {"metric": "a", "at_least": {"b": -0.1}, "penalty": 10})
+    0.0
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return Criterion(metric=spec).objective(metrics)
+    if isinstance(spec, list | tuple):
+        return tuple(Criterion(metric=str(k)).objective(metrics) for k in spec)
+    return Criterion.parse(spec).objective(metrics, float(spec.get("penalty", 10.0)))

@@ -1,0 +1,41 @@
+"""The status of one job in its run directory: status.json (running/completed/failed) and error.txt."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+ERROR_FILE = "error.txt"
+
+
+def write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """status.json: `status` plus fields (overrides, started, duration_s, error, objective)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+    (run_dir / STATUS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_error(run_dir: Path, error: BaseException) -> str:
+    """error.txt with the full traceback; returns the one-line `Type: message`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    (run_dir / ERROR_FILE).write_text(text, encoding="utf-8")
+    return one_line(error)
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0] if message else ''}"
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json as a dict ({} when absent or unreadable)."""
+    path = run_dir / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
