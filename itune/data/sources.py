@@ -42,7 +42,7 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # so the column counts on this line
             except json.JSONDecodeError as e:
                 yield n, None, f"line {n}: {e.msg} (column {e.colno})"
                 continue
