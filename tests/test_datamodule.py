@@ -146,16 +146,8 @@ def test_streaming_interleaves_by_weight_and_filters_per_stream(tmp_path, tokeni
     b = write_jsonl(tmp_path / "b.jsonl", rows(10, "b"))
     sources = {"a": {"path": str(a), "weight": 0.5}, "b": {"path": str(b), "weight": 0.5}}
     curate = {"pii": PII(), "dedup": ExactDedup()}
-    dm = datamodule(
-        tokenizer,
-        chatml,
-        sources,
-        curate=curate,
-        streaming=True,
-        streaming_audit_rows=20,
-        num_samples=30,
-        val_fraction=0.1,
-    )
+    settings = {"curate": curate, "streaming": True, "streaming_audit_rows": 20, "num_samples": 30}
+    dm = datamodule(tokenizer, chatml, sources, val_fraction=0.1, **settings)
     assert isinstance(dm.train_set, IterableDataset)
     assert dm.audit["mode"] == "streaming" and "first 20 rows" in dm.manifest["note"]
     assert dm.stats["data/a/rows_val"] == 2 and dm.stats["data/b/rows_val"] == 1  # the heads' first kept rows
@@ -172,16 +164,7 @@ def test_streaming_interleaves_by_weight_and_filters_per_stream(tmp_path, tokeni
     assert all(s.endswith("<|im_end|>") for s in seen)
     again = [
         tokenizer.decode(ids)
-        for bt in datamodule(
-            tokenizer,
-            chatml,
-            sources,
-            curate=curate,
-            streaming=True,
-            streaming_audit_rows=20,
-            num_samples=30,
-            val_fraction=0.1,
-        ).train_dataloader()
+        for bt in datamodule(tokenizer, chatml, sources, val_fraction=0.1, **settings).train_dataloader()
         for ids in bt["input_ids"]
     ]
     assert again == [tokenizer.decode(ids) for bt in batches for ids in bt["input_ids"]]  # same seed
