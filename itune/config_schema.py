@@ -25,6 +25,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from itune.config_values import value_problems
+
 SCHEMA_NAME = "itune_train_schema"
 _INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 
@@ -36,7 +38,10 @@ class TrainSchema:
     seed: int = 42
     run_dir: str = "???"
     ckpt_path: Any = None  # a checkpoint path or `last`
+    resume: Any = None  # a run directory: itune-train resume=<dir> (itune/resume_run.py)
+    resume_allow_changes: bool = False  # let a resume take new overrides and a changed mixture/template/model
     save_model: bool = True
+    kl_base: Any = "auto"  # reference of val/<source>/kl_base: auto | adapter | frozen_copy | off, or a bool
     optimized_metric: Any = None  # what itune-train returns to a sweeper (itune.sweep.criterion)
     model: Any = None
     data: Any = None
@@ -120,8 +125,9 @@ def _walk(node: Any, path: str, problems: list[str]) -> None:
         _walk(child, child_path, problems)
 
 
-def check_config(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Raise ConfigSchemaError naming every key that no target or schema accepts."""
+def check_config(cfg: DictConfig | Mapping[str, Any], files: bool = True) -> None:
+    """Raise ConfigSchemaError naming every key that no target or schema accepts, then every value of
+    the wrong type or out of range and (`files`) every missing or empty data file (itune.config_values)."""
     container = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else dict(cfg)
     container.pop("hydra", None)
     problems: list[str] = []
@@ -138,3 +144,6 @@ def check_config(cfg: DictConfig | Mapping[str, Any]) -> None:
             + "\n  ".join(problems)
             + "\nFix them in the preset or override that sets them (`itune-train --cfg job` shows it)."
         )
+    values = value_problems(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)), files)
+    if values:
+        raise ConfigSchemaError("; ".join(values))

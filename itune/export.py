@@ -6,7 +6,8 @@ with a `chat_template` that renders exactly what itune trained on, a generation_
 
 Example:
     >>> run_export(OmegaConf.create({"run": "outputs/…", "out": "exported", "merge": True}))  # doctest: +SKIP
-    >>> AutoTokenizer.from_pretrained("exported").apply_chat_template(messages, tokenize=False)
+    >>> tok = AutoTokenizer.from_pretrained("exported")  # doctest: +SKIP
+    >>> tok.apply_chat_template(messages, tokenize=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ The tokenizer's `chat_template` renders exactly the prompt format the model was 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("{out.name}")
 model = AutoModelForCausalLM.from_pretrained("{out.name}")
-ids = tok.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True,
-                              return_tensors="pt")
-print(tok.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], skip_special_tokens=True))
+messages = [{{"role": "user", "content": "Hello"}}]
+inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=64)
+print(tok.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
 ## Lineage
@@ -133,6 +135,35 @@ Trained on: {template["mask_policy"]}.
 ```yaml
 {config}```
 """
+
+
+def base_model_id(cfg: DictConfig, saved: str | None = None) -> str | None:
+    """What an adapter's `base_model_name_or_path` should name: the hub id or directory the run loaded.
+
+    The run's `model.lm.name_or_path` when its loader takes one; else `saved` (what peft recorded from the
+    loaded model, e.g. a local directory); else the run's `model.name`.
+
+    >>> base_model_id(OmegaConf.create({"model": {"name": "itune/tiny-llama", "lm": {}}}))
+    'itune/tiny-llama'
+    """
+    lm = cfg.model.get("lm") or {}
+    return lm.get("name_or_path") or saved or cfg.model.get("name")
+
+
+def _name_adapter_base(model: Any, cfg: DictConfig) -> None:
+    """Fill `base_model_name_or_path` of each peft config of `model` (the adapter's pointer to its base)."""
+    lm = cfg.model.get("lm") or {}
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = base_model_id(cfg, peft_config.base_model_name_or_path)
+        if lm.get("revision") and not peft_config.revision:
+            peft_config.revision = lm.get("revision")
+
+
+def export_kind(run_dir: Path, merge: bool) -> str:
+    """What an export of `run_dir` holds: `LoRA merged into the base`, `LoRA adapter` or `full model`."""
+    if not (run_dir / "adapter").is_dir():
+        return "full model"
+    return "LoRA merged into the base" if merge else "LoRA adapter"
 
 
 def export_run(
@@ -169,15 +200,21 @@ def export_run(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    cfg = run_config(run_dir)
+    adapter_only = hasattr(model, "peft_config")
+    if adapter_only:  # the adapter must name its base model for peft/transformers to load it
+        _name_adapter_base(model, cfg)
     model.save_pretrained(out, safe_serialization=True)
-    if hasattr(model, "peft_config"):  # the adapter alone: save the generation config beside it
+    rd.honour_umask(out)
+    if adapter_only:  # peft does not save the generation config: save it beside the adapter
         model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     saved = saved_template(run_dir)
     (out / "itune_template.json").write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
-    card = model_card(run_dir, run_config(run_dir), saved, merge and (run_dir / "adapter").is_dir(), out)
+    kind = export_kind(run_dir, merge)
+    card = model_card(run_dir, cfg, saved, kind == "LoRA merged into the base", out)
     (out / "README.md").write_text(card, encoding="utf-8")
-    log.info("exported %s → %s (%s)", run_dir, out, "merged" if merge else "adapter")
+    log.info("exported %s → %s (%s)", run_dir, out, kind)
     return out
 
 

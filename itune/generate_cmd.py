@@ -87,6 +87,15 @@ def run_generate(cfg: DictConfig) -> list[dict[str, Any]]:
         top_p=cfg.top_p,
     )
     out_rows = [{**r, "answer": a} for r, a in zip(rows, answers, strict=True)]
+    empty = sum(not a.strip() for a in answers)
+    if empty:
+        log.warning(
+            "%d of %d answers are empty: the model stopped at once%s. Try another prompt or system_prompt, "
+            "do_sample=true, or check that the run's template matches the model",
+            empty,
+            len(answers),
+            " (greedy decoding picked the end-of-turn token first)" if not cfg.do_sample else "",
+        )
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
     if cfg.get("output") in (None, "-"):
         sys.stdout.write(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
@@ -131,6 +132,24 @@ def load_tokenizer(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_peft_saveable(peft_config: PeftConfig | None) -> None:
+    """Write the peft config to a scratch folder now, so a value peft cannot save fails before training.
+
+    Raises:
+        ValueError: naming the peft config and the value that could not be written.
+    """
+    if peft_config is None:
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            peft_config.save_pretrained(scratch)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"peft: the adapter config could not be saved ({e}); give lists and dicts as plain values, "
+                "e.g. 'peft.target_modules=[q_proj,v_proj]'"
+            ) from e
 
 
 def apply_peft(model: PreTrainedModel, peft_config: PeftConfig | None) -> PreTrainedModel | PeftModel:

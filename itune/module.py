@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -12,9 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from itune.data.templates import IGNORE_INDEX
+from itune.losses import token_kl
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # batch keys every model gets
 FLASH_VARLEN_INPUTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # packed, flash only
+KL_BASE_MODES = ("auto", "off", "adapter", "frozen_copy")  # values of `kl_base` (also true/false)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,6 +44,41 @@ def model_inputs(batch: dict[str, Any], flash: bool) -> dict[str, Any]:
     if flash and "position_ids" in batch and "cu_seq_lens_q" in batch:
         inputs |= {k: batch[k] for k in FLASH_VARLEN_INPUTS}
     return inputs
+
+
+def resolve_kl_base(kl_base: bool | str, peft: bool) -> str:
+    """The reference model of `val/<source>/kl_base`: "off", "adapter" or "frozen_copy".
+
+    `auto` (the default) is `adapter` under peft (free: the same weights with the adapter disabled) and
+    `off` for full fine-tuning, where the frozen copy doubles the model's memory; `true` is the cheapest
+    available reference (`adapter` under peft, else `frozen_copy`), `false` is `off`.
+
+    Raises:
+        ValueError: for an unknown setting, or `adapter` without a peft adapter.
+    """
+    if isinstance(kl_base, bool):
+        return ("adapter" if peft else "frozen_copy") if kl_base else "off"
+    mode = str(kl_base).lower()
+    if mode not in KL_BASE_MODES:
+        raise ValueError(f"kl_base={kl_base!r} is not one of {list(KL_BASE_MODES)} (or true/false)")
+    if mode == "auto":
+        return "adapter" if peft else "off"
+    if mode == "adapter" and not peft:
+        raise ValueError(
+            "kl_base=adapter needs a peft adapter (peft=lora); for full fine-tuning use kl_base=frozen_copy "
+            "(a frozen copy of the base: twice the model's memory) or kl_base=off"
+        )
+    return mode
+
+
+def frozen_base(model: nn.Module) -> nn.Module:
+    """A frozen copy of `model`'s base weights (a peft adapter removed), in eval mode, without grad."""
+    base = copy.deepcopy(model)
+    if hasattr(base, "peft_config"):
+        base = base.unload()  # the base model without the adapter layers (not merged)
+    base.eval()
+    base.requires_grad_(False)
+    return base
 
 
 @torch.no_grad()
@@ -77,7 +115,9 @@ class InstructionTuner(L.LightningModule):
     The loss is the mean over trained tokens (labels != IGNORE_INDEX) of the batch, padded or packed (a
     packed batch carries `position_ids` that restart per example instead of an attention mask, and masks
     the first label of every example, so the trained tokens are the same). Validation reports
-    `val/loss` over all held-out tokens and `val/<source>/loss` per data source.
+    `val/loss` over all held-out tokens and `val/<source>/loss` per data source, and (unless
+    `kl_base` is off) `val/kl_base` and `val/<source>/kl_base`: the mean over the same tokens of
+    KL(base ‖ tuned) of the next-token distributions, a forgetting signal that is 0 for the base itself.
 
     Args:
         model: a transformers causal LM, possibly wrapped by peft.
@@ -88,6 +128,11 @@ class InstructionTuner(L.LightningModule):
         fused_cross_entropy: train with the model's own loss (`labels=` passed to the model) instead of
             materialising the logits; with `model.liger_kernel=true` that is liger-kernel's fused, chunked
             linear cross-entropy (same mean over trained tokens, far less memory for large vocabularies).
+        kl_base: the base model of the validation KL (see `resolve_kl_base`): `auto` (the adapter
+            disabled under peft, off for full fine-tuning), `adapter`, `frozen_copy` (a deep copy of the
+            base taken here, before training; outside the state dict, so checkpoints do not grow) or
+            `off`. Costs one more no-grad forward per validation batch. `adapter` assumes the adapter
+            sits on unchanged base weights (LoRA's default init; not PiSSA/OLoRA/LoftQ, which change them).
     """
 
     def __init__(
@@ -97,6 +142,7 @@ class InstructionTuner(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         source_names: list[str] | None = None,
         fused_cross_entropy: bool = False,
+        kl_base: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.model = model
@@ -108,15 +154,30 @@ class InstructionTuner(L.LightningModule):
         self.isolation_checked = False
         self.peft = hasattr(model, "peft_config")
         self.strict_loading = not self.peft  # adapter-only checkpoints hold the trainable weights only
+        self.kl_base = resolve_kl_base(kl_base, self.peft)
+        if self.kl_base == "frozen_copy":  # in __dict__, not a submodule: no state dict, no optimizer
+            self.__dict__["base_copy"] = frozen_base(model)
         n = max(1, len(self.source_names))
         self.register_buffer("val_loss_sum", torch.zeros(n, dtype=torch.float64), persistent=False)
         self.register_buffer("val_tokens", torch.zeros(n, dtype=torch.float64), persistent=False)
+        self.register_buffer("val_kl_sum", torch.zeros(n, dtype=torch.float64), persistent=False)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """Logits; `kwargs` are packed-batch inputs (`position_ids`, varlen sizes)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return out.logits
+
+    @torch.no_grad()
+    def base_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits of the base model: the peft adapter disabled, or the frozen copy."""
+        if self.kl_base == "adapter":
+            with self.model.disable_adapter():
+                return self(input_ids, attention_mask)
+        out = self.base_copy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits
 
     def check_packing(self) -> None:
@@ -151,27 +212,43 @@ class InstructionTuner(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return loss
 
+    def on_validation_start(self) -> None:
+        if self.kl_base == "frozen_copy":  # not a submodule, so Lightning does not move it
+            self.base_copy.to(self.device)
+
     def on_validation_epoch_start(self) -> None:
         self.val_loss_sum.zero_()
         self.val_tokens.zero_()
+        self.val_kl_sum.zero_()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        losses = token_losses(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        losses = token_losses(logits, batch["labels"])
+        trained = batch["labels"][:, 1:] != IGNORE_INDEX
+        tokens = trained.sum(dim=1)
         source = batch.get("source", torch.zeros_like(tokens))
         self.val_loss_sum.index_add_(0, source, losses.sum(dim=1).double())
         self.val_tokens.index_add_(0, source, tokens.double())
+        if self.kl_base != "off":
+            base = self.base_logits(batch["input_ids"], batch["attention_mask"])
+            kl, _ = token_kl(base[:, :-1], logits[:, :-1], trained)
+            self.val_kl_sum.index_add_(0, source, kl.double())
 
     def on_validation_epoch_end(self) -> None:
         sums, tokens = self.all_gather(self.val_loss_sum), self.all_gather(self.val_tokens)
+        kls = self.all_gather(self.val_kl_sum)
         if sums.dim() > 1:  # several processes
-            sums, tokens = sums.sum(0), tokens.sum(0)
+            sums, tokens, kls = sums.sum(0), tokens.sum(0), kls.sum(0)
         if tokens.sum() == 0:
             return
         self.log("val/loss", (sums.sum() / tokens.sum()).float(), prog_bar=True, rank_zero_only=True)
+        if self.kl_base != "off":
+            self.log("val/kl_base", (kls.sum() / tokens.sum()).float(), rank_zero_only=True)
         for i, name in enumerate(self.source_names):
             if tokens[i] > 0:
                 self.log(f"val/{name}/loss", (sums[i] / tokens[i]).float(), rank_zero_only=True)
+                if self.kl_base != "off":
+                    self.log(f"val/{name}/kl_base", (kls[i] / tokens[i]).float(), rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]

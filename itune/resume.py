@@ -12,12 +12,19 @@ not saved. `ResumeState` (a callback in `conf/callbacks/default.yaml`) closes bo
 A resumed run with the same config and seed therefore sees the same batches with the same dropout masks
 as an uninterrupted one (checked by tests/test_resume.py with a SIGKILLed training process).
 Iterable (streaming) datasets cannot skip by index; they restart their stream and a warning says so.
+
+Ctrl-C (SIGINT) and SIGTERM (Slurm preemption, `kill`) stop training once the current optimizer step is
+done and logged: `last.ckpt` is saved there and `TrainingInterrupted` ends the process with status
+128 + signal, so `itune-train resume=<run dir>` continues exactly. A second Ctrl-C stops at once,
+saving the state of the last completed step.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import signal
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +32,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,17 @@ class ResumableBatchSampler(BatchSampler):
                 yield batch
 
 
+class TrainingInterrupted(SystemExit):
+    """Training stopped on a signal after saving `last.ckpt`; the exit status is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(128 + signum)
+        self.signal_name, self.step, self.checkpoint = signal.Signals(signum).name, step, checkpoint
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name} at step {self.step}; checkpoint {self.checkpoint}"
+
+
 class ResumeState(Callback):
     """Saves the data position and RNG states in checkpoints and restores them on resume.
 
@@ -80,6 +99,8 @@ class ResumeState(Callback):
         self.epoch, self.batches = 0, 0  # batches trained in the current epoch
         self._resumed: dict[str, Any] | None = None  # state loaded from a checkpoint, not yet applied
         self._rng_pending: dict[str, Any] | None = None
+        self._signal: int | None = None  # SIGINT/SIGTERM received: stop after the current optimizer step
+        self._previous_sigint: Any = None
 
     # -- the training DataLoader ------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -93,6 +114,9 @@ class ResumeState(Callback):
 
         dm.train_dataloader = train_dataloader  # the datamodule's loader, with a resumable sampler
         dm._itune_resumable = True
+        # Our batch sampler resumes mid-epoch (and the RNG states are restored), unlike the loaders
+        # Lightning's warning is about.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
     def wrap(self, loader: DataLoader) -> DataLoader:
         """The same DataLoader with a batch sampler that can resume mid-epoch."""
@@ -130,11 +154,63 @@ class ResumeState(Callback):
         # saved at this step records this batch as trained.
         batch_idx = args[-1] if args else kwargs["batch_idx"]
         self.epoch, self.batches = trainer.current_epoch, batch_idx + 1
+        signum = self._stop_requested(trainer)
+        if signum is not None and self.batches % trainer.accumulate_grad_batches == 0:
+            # at an optimizer-step boundary: an exact resume point. Lightning logs this step's metrics
+            # after this hook, so log them now or the CSV would miss the step.
+            trainer._logger_connector.update_train_step_metrics()
+            self._save_and_stop(trainer, signum)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._rng_pending is not None:  # right before the first resumed step, as at the checkpoint
             set_rng_states(self._rng_pending)
             self._rng_pending = None
+            for logger in trainer.loggers:  # e.g. itune.csv_history.CSVLogger keeps the earlier rows
+                if hasattr(logger, "resumed_at"):
+                    logger.resumed_at(trainer.global_step)
+        self._install_sigint_handler()
+
+    # -- stopping on a signal ------------------------------------------------------------------------
+    def _install_sigint_handler(self) -> None:
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self._signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._signal = signum
+            log.warning("Ctrl-C: stopping after this step and saving a checkpoint (again to stop at once)")
+
+        try:
+            self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread: keep the default behaviour
+            self._previous_sigint = None
+
+    def _restore_sigint_handler(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _stop_requested(self, trainer: L.Trainer) -> int | None:
+        if self._signal is not None:
+            return self._signal
+        return int(signal.SIGTERM) if getattr(trainer, "received_sigterm", False) else None
+
+    def _save_and_stop(self, trainer: L.Trainer, signum: int) -> None:
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self._restore_sigint_handler()
+        raise TrainingInterrupted(signum, trainer.global_step, path)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_sigint_handler()
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException) and trainer.training:
+            # stopped inside a step: the checkpoint holds the last completed step's state
+            path = last_checkpoint_path(trainer)
+            trainer.save_checkpoint(path)
+            log.warning("interrupted at step %d; checkpoint %s", trainer.global_step, path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint_handler()
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batches": self.batches, "seed": self.seed, "rng": rng_states()}
@@ -170,6 +246,14 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """Where `ckpt_path=last` looks: the ModelCheckpoint's `last.ckpt` (or `<root>/checkpoints/`)."""
+    cb = trainer.checkpoint_callback
+    folder = cb.dirpath if isinstance(cb, ModelCheckpoint) and cb.dirpath else None
+    folder = Path(folder or Path(trainer.default_root_dir) / "checkpoints")
+    return folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,28 @@ def save_samples(run_dir: Path, samples: dict[str, Any]) -> None:
     _write_json(run_dir / SAMPLES_FILE, samples)
 
 
+def new_file_mode() -> int:
+    """The permission bits a new file gets under the process umask (0o644 under the usual 022)."""
+    mask = os.umask(0)  # the only portable way to read the umask is to set it and put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def honour_umask(directory: Path) -> None:
+    """Give every `*.safetensors` file under `directory` the mode of any other new file.
+
+    safetensors writes its files 0600 (owner only) whatever the umask; a colleague in the same group could
+    then read the tokenizer and config of a model directory but not its weights.
+    """
+    mode = new_file_mode()
+    for path in Path(directory).rglob("*.safetensors"):
+        path.chmod(mode)
+
+
 def save_model(run_dir: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:
     """The adapter (`adapter/`, peft) or the full model (`model/`) as safetensors, with the tokenizer."""
     target = run_dir / ("adapter" if hasattr(model, "peft_config") else "model")
     model.save_pretrained(target, safe_serialization=True)
+    honour_umask(target)
     tokenizer.save_pretrained(target)
     return target

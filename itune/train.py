@@ -14,10 +14,17 @@ from omegaconf import DictConfig, OmegaConf
 from itune import run_dir as rd
 from itune.data.audit import write_audit
 from itune.eval.forgetting import compare_runs, show_report, write_report
-from itune.eval.runner import base_cache_keys, run_suites
-from itune.model import apply_liger_kernel, apply_peft, compile_model, enable_gradient_checkpointing
+from itune.eval.runner import base_cache_keys, score_suites
+from itune.model import (
+    apply_liger_kernel,
+    apply_peft,
+    check_peft_saveable,
+    compile_model,
+    enable_gradient_checkpointing,
+)
 from itune.module import InstructionTuner
 from itune.resume import resolve_ckpt_path
+from itune.resume_run import check_resume, previous_attempt
 from itune.tracking import log_run_artifacts
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resuming = bool(cfg.get("ckpt_path"))
+    previous = previous_attempt(run_dir) if resuming else {}  # before this attempt overwrites it
     if rank_zero_only.rank == 0:
         rd.save_config(run_dir, cfg)  # now too, so a crashed run keeps its config (secrets redacted)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -51,6 +60,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     template = instantiate(cfg.template, tokenizer=tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, template=template)
     datamodule.setup("fit")  # bad data fails here, before the model is loaded
+    if resuming and not cfg.get("resume_allow_changes"):
+        model_cfg = rd.resolved_config(cfg)["model"]
+        check_resume(
+            previous,
+            datamodule.manifest.get("mixture_hash"),
+            (template.name, template.fingerprint),
+            model_cfg,
+        )
+    if rank_zero_only.rank == 0:
+        rd.save_template(run_dir, template)  # now too: inference and resume checks read it
     write_audit(run_dir, datamodule)  # audit.json/md, manifest.json (rank 0); fails if EOT is never trained
 
     model = instantiate(cfg.model.lm)
@@ -58,7 +77,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         apply_liger_kernel(model)
     if cfg.model.get("gradient_checkpointing"):
         enable_gradient_checkpointing(model)
-    model = apply_peft(model, instantiate(cfg.peft) if cfg.get("peft") else None)
+    peft_config = instantiate(cfg.peft, _convert_="all") if cfg.get("peft") else None
+    check_peft_saveable(peft_config)  # a value that cannot be saved fails now, not after training
+    model = apply_peft(model, peft_config)
     if cfg.model.get("compile"):
         compile_model(model)
     suite_nodes = cfg.eval.get("suites") or {}
@@ -71,12 +92,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         source_names=datamodule.source_names,
         fused_cross_entropy=bool(cfg.model.get("liger_kernel")),
+        kl_base=cfg.get("kl_base", "auto"),
     )
     trainer = instantiate(
         cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks)
     )
     base: dict[str, float] = {}
     samples: dict[str, Any] = {}
+    items: dict[str, Any] = {}  # per-item scores of base and tuned, for the paired statistics
     if on_base:  # before training; a fresh LoRA adapter is the identity, so this is the base model
         if datamodule.val_set is not None:
             base |= _validate(trainer, module, datamodule)
@@ -86,7 +109,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             template,
             OmegaConf.to_container(suite_nodes, resolve=True),
         )
-        suite_metrics, samples["base"] = run_suites(suites, model, tokenizer, template, cache_dir, keys)
+        suite_metrics, samples["base"], items["base"] = score_suites(
+            suites, model, tokenizer, template, cache_dir, keys
+        )
         base |= suite_metrics
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)  # `last`: resume this run dir's last.ckpt
@@ -96,11 +121,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics |= _validate(trainer, module, datamodule)
     metrics |= datamodule.stats | {"train/steps": trainer.global_step}
     if suites:
-        tuned, samples["tuned"] = run_suites(suites, model, tokenizer, template)
+        tuned, samples["tuned"], items["tuned"] = score_suites(suites, model, tokenizer, template)
         metrics |= tuned
     report = None
     if on_base:
-        report = compare_runs(base, metrics, suites, datamodule.source_names, cfg.eval)
+        report = compare_runs(base, metrics, suites, datamodule.source_names, cfg.eval, items)
         metrics |= {f"base/{k}": v for k, v in base.items()} | report["summary"]
     for lg in trainer.loggers:
         lg.log_metrics(
@@ -118,7 +143,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.get("save_model", True):
             rd.save_model(run_dir, model, tokenizer)
         if report is not None:
-            write_report(run_dir, report)
+            write_report(run_dir, report, items)
             show_report(report, samples, cfg.eval.get("show_samples", 3))
         log_run_artifacts(trainer.loggers, run_dir, cfg, metrics)  # params, lineage tags, artifacts
         log.info("run directory: %s", run_dir)

@@ -1,13 +1,17 @@
 """Benchmark the data preparation against the bare batched tokenizer on the same rows.
 
     python scripts/bench_data.py [--data ../shared/data/alpaca_5000.json] [--tokenizer auto|byte|demo]
+                                 [--only toxicity]
 
 Prints rows/s of:
   tokenizer   the tokenizer alone, one batched call over each row's text (instruction, input, output)
   prepare     load → format → curate (conf/curate/<curate>.yaml) → template/tokenize, plus the mix,
               manifest and audit: InstructDataModule.setup() with an empty datasets cache
   cached      the same setup a second time: datasets finds every map step in its cache
-and the ratios prepare/tokenizer and cached/tokenizer (time per row; 1.0 = as fast as the tokenizer).
+  toxicity    the toxicity filter alone (conf/curate/default.yaml settings) on the Alpaca-formatted rows, in
+              batches of 500 as in curate; its one-off model load is printed apart
+and the ratios prepare/tokenizer, cached/tokenizer and toxicity/tokenizer (time per row; 1.0 = as fast as
+the tokenizer). `--only toxicity` skips the two setups.
 The demo SmolLM2 tokenizer is used when it is cached (`python -m itune.demo_model`), else the byte one.
 """
 
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +38,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=["auto", "byte", "demo"], default="auto")
     parser.add_argument("--curate", default="default", help="option of conf/curate/ (default, strict, none)")
     parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--only", choices=["toxicity"], default=None, help="time only this part")
     args = parser.parse_args()
     if not Path(args.data).is_file():
         sys.exit(f"{args.data} not found (pass --data)")
@@ -87,11 +93,16 @@ def main() -> None:
         dm.setup("fit")
         return time.perf_counter() - t, dm
 
-    cold, dm = prepare()
-    warm, _ = prepare()
     n = len(rows)
     print(f"tokenizer: {name}; {n} rows, {n_tokens} tokens (bare); curate={args.curate}")
     print(f"  bare batched tokenizer   {bare:7.3f} s  {n / bare:9.0f} rows/s")
+    load, tox, flagged = bench_toxicity(rows, curate_cfg.filters.get("toxicity"))
+    print(f"  toxicity filter alone    {tox:7.3f} s  {n / tox:9.0f} rows/s  ratio {tox / bare:6.2f}x", end="")
+    print(f"  ({flagged} at or over its threshold; model load {load:.2f} s once per process)")
+    if args.only == "toxicity":
+        return
+    cold, dm = prepare()
+    warm, _ = prepare()
     print(f"  prepare (cold cache)     {cold:7.3f} s  {n / cold:9.0f} rows/s  ratio {cold / bare:6.2f}x")
     print(f"  prepare (cached)         {warm:7.3f} s  {n / warm:9.0f} rows/s  ratio {warm / bare:6.2f}x")
     print(f"  rows in mixture {len(dm.train_set)}; dropped/redacted per step:")
@@ -99,6 +110,29 @@ def main() -> None:
         if any(st["totals"].values()):
             print(f"    {st['name']:<14} " + ", ".join(f"{k} {v}" for k, v in st["totals"].items() if v))
     shutil.rmtree(cache, ignore_errors=True)
+
+
+def bench_toxicity(rows: list[dict], node: Any) -> tuple[float, float, int]:
+    """(model load s, filter s, rows at or over the threshold) of the toxicity filter on Alpaca rows."""
+    from hydra.utils import instantiate
+
+    from itune.data.formats import RowError, alpaca
+    from itune.data.toxicity import Toxicity, toxicity_probs
+
+    def messages(row: dict) -> list[dict[str, str]]:
+        try:
+            return alpaca(row)
+        except RowError:  # e.g. an empty output: the same turns, not skipped, so every row is timed
+            return [{"role": "user", "content": row.get("instruction", "")}]
+
+    f = instantiate(node) if node is not None else Toxicity()
+    conversations = [messages(r) for r in rows]
+    t = time.perf_counter()
+    toxicity_probs(["warm up"])  # loads the bundled vectoriser and model
+    load = time.perf_counter() - t
+    t = time.perf_counter()
+    verdicts = [v for i in range(0, len(rows), 500) for v in f.verdicts(conversations[i : i + 500])]
+    return load, time.perf_counter() - t, sum(v.action != "keep" for v in verdicts)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,36 @@ def test_malformed_json_lines_skipped_are_counted(tmp_path, tokenizer):
     assert dm.stats["data/m/rows_malformed_skipped"] == 2 and len(dm.train_set) == 4
 
 
+def test_fail_on_fails_after_writing_and_says_what_was_found(tmp_path):
+    files = fixtures(tmp_path)
+    over = overrides(files, tmp_path / "run")
+    with pytest.raises(AuditError) as failed:
+        run_audit(compose_audit(*over, "fail_on=[pii,terms,decontaminate]"))
+    message = str(failed.value)
+    assert message == (
+        "data audit fail_on=[pii,terms,decontaminate]: pii: 1 row redacted (email × 1); "
+        f"decontaminate: 1 row dropped ({Path(files['eval']).name} × 1)"
+    )
+    assert "\n" not in message and EMAIL not in message  # one line, no raw PII
+    check_planted(tmp_path / "run")  # the report is written first
+    # nothing found by the named steps: the audit passes
+    audit = run_audit(compose_audit(*overrides(files, tmp_path / "run2"), "fail_on=[terms,no_trained]"))
+    assert audit["ok"]
+
+
+def test_fail_on_rejects_an_unknown_step_before_reading_data(tmp_path):
+    files = fixtures(tmp_path)
+    cfg = compose_audit(
+        *overrides(files, tmp_path / "run"), "curate.filters.terms=null", "fail_on=[pii,toxic]"
+    )
+    with pytest.raises(
+        ValueError, match=r"fail_on=\['toxic'\] names no step of this audit; valid: format, pii, "
+    ) as e:
+        run_audit(cfg)
+    assert "terms" not in str(e.value)  # switched off: not a step of this audit
+    assert not (tmp_path / "run" / "audit.json").exists()
+
+
 def run_cli(files: dict[str, str], run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     over = [o for o in overrides(files, run_dir) if not o.startswith("run_dir=")] + list(extra)
     cmd = [sys.executable, "-m", "itune.cli.audit", f"hydra.run.dir={run_dir}", *over]
@@ -223,6 +253,15 @@ def test_itune_audit_command(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     check_planted(tmp_path / "run")
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()  # its own Hydra run dir
+
+
+@pytest.mark.slow
+def test_itune_audit_fail_on_exits_2(tmp_path):
+    files = fixtures(tmp_path)
+    done = run_cli(files, tmp_path / "run", "fail_on=[pii]")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == "data audit fail_on=[pii]: pii: 1 row redacted (email × 1)"
+    check_planted(tmp_path / "run")
 
 
 @pytest.mark.slow

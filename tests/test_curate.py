@@ -15,11 +15,9 @@ from itune.data.curate import (
     Terms,
     build_filters,
     curate_batch,
-    iban_ok,
-    luhn_ok,
     normalise,
-    redact_pii,
 )
+from itune.data.pii import iban_ok, luhn_ok, redact_pii
 
 
 def chat(user: str, answer: str = "ok") -> list[dict]:
@@ -40,6 +38,29 @@ def chat(user: str, answer: str = "ok") -> list[dict]:
         ("iban GB82WEST12345698765432", "iban [IBAN]", {"iban": 1}),
         ("ssn 123-45-6789", "ssn [SSN]", {"ssn": 1}),
         ("host 192.168.1.20 and 2001:db8::8a2e:370:7334", "host [IP_ADDRESS] and [IP_ADDRESS]", {"ip": 2}),
+        # real shapes from Alpaca, Dolly and HellaSwag
+        ("phone: 555-555-1234\n", "phone: [PHONE]\n", {"phone": 1}),
+        ("Poison Control: 1-800-222-1222", "Poison Control: [PHONE]", {"phone": 1}),
+        (
+            "contact me on 0410787999 or",
+            "contact me on [PHONE] or",
+            {"phone": 1},
+        ),  # a phone word, no grouping
+        ("mobile phone number: 0410787999", "mobile phone number: [PHONE]", {"phone": 1}),
+        ("Tel. 030 1234567", "Tel. [PHONE]", {"phone": 1}),
+        ("our office 020 7946 0958", "our office [PHONE]", {"phone": 1}),  # national trunk 0
+        ("Dial (1) 877-1213-2580.", "Dial [PHONE].", {"phone": 1}),
+        (
+            "mail ann@example.com or call +1 (555) 010-2345",
+            "mail [EMAIL] or call [PHONE]",
+            {"email": 1, "phone": 1},
+        ),
+        ("the server at 1.2.3.4 is down", "the server at [IP_ADDRESS] is down", {"ip": 1}),  # version-shaped
+        ("ping 8.8.8.8 first", "ping [IP_ADDRESS] first", {"ip": 1}),
+        ("navigate to 192.168.1.1 or", "navigate to [IP_ADDRESS] or", {"ip": 1}),
+        ("10.0.0.1", "[IP_ADDRESS]", {"ip": 1}),
+        ("bind to localhost ::1", "bind to localhost [IP_ADDRESS]", {"ip": 1}),
+        ("mastercard 5555-5555-5555-4444", "mastercard [CREDIT_CARD]", {"credit_card": 1}),
     ],
 )
 def test_pii_is_found_and_typed(text, expected, counts):
@@ -56,6 +77,19 @@ def test_pii_is_found_and_typed(text, expected, counts):
         "in 2023-01-15 we sold 10 100 1000 items at 12:30:45",  # dates, counts, times
         "the ratio 3.14159 and 42",
         "circumference 50.265482457436694 cm",  # decimals are not card numbers (this one passes Luhn)
+        # false positives of the old patterns on real data (Dolly, Alpaca, T0, MMLU, HellaSwag)
+        "2021-2022: AC Milan, 86 2020-2021: Inter, 91 2019-2020: Juventus",  # seasons and points
+        "years is 2003 -- 2006 2006 2007 -- 2010 2010 2011",
+        "Heat (2019) 2020 2021",
+        "35\n100\n350\n500",  # answer choices, one per line
+        "upgrade to version 1.2.3.4 today",
+        "introduced in version 9.27.0.0, released march 2016",
+        "release 10.2.0.1 of the server",  # a version word wins over a network word
+        "see section 2.3.1.4 below",  # version-shaped, no network word
+        "print(b[::2]) outputs",  # a slice, not IPv6
+        "binary: 01010100 01110011 00100000 01110011",  # Luhn-valid, but no card starts with 0
+        "documents.ri-prod/9780205741588/Chapter_7",  # an ISBN, Luhn-valid
+        "call 2020-2021 a good season",  # a phone word does not make a span of years a number
     ],
 )
 def test_pii_leaves_lookalikes(text):
@@ -203,9 +237,100 @@ def test_build_filters_rejects_non_filters():
         build_filters({"pii": {"action": "redact"}})
 
 
-@pytest.mark.parametrize("module", ["itune.data.curate", "itune.data.audit", "itune.data.mix"])
+@pytest.mark.parametrize(
+    "module",
+    ["itune.data.curate", "itune.data.pii", "itune.data.toxicity", "itune.data.audit", "itune.data.mix"],
+)
 def test_docstring_examples(module):
     import doctest
     import importlib
 
     assert doctest.testmod(importlib.import_module(module)).failed == 0
+
+
+# ------------------------------------------------------------------------------------------- toxicity
+TOXIC = "Shut up, you worthless piece of shit."
+CLEAN = "The capital of France is Paris."
+
+
+def test_toxicity_flags_or_drops_toxic_turns_and_passes_clean_ones():
+    pytest.importorskip("profanity_check")
+    from itune.data.toxicity import Toxicity, toxicity_probs
+
+    p_toxic, p_clean = toxicity_probs([TOXIC, CLEAN])
+    assert p_toxic >= 0.9 > 0.1 > p_clean
+    flag = Toxicity(threshold=0.9).verdicts([chat("Tell me what you think.", TOXIC), chat(CLEAN)])
+    assert [v.action for v in flag] == ["flag", "keep"]
+    assert flag[0].detail == f"p={p_toxic:.2f} (assistant)"
+    assert Toxicity(action="drop")(chat(TOXIC)).action == "drop"
+    assert Toxicity(roles=["user"])(chat("Hi", TOXIC)).action == "keep"  # the assistant turn is not scored
+
+
+def test_toxicity_threshold_is_respected():
+    pytest.importorskip("profanity_check")
+    from itune.data.toxicity import Toxicity, toxicity_probs
+
+    text = "How do I kill a python process?"  # scores in between: ~0.2
+    p = float(toxicity_probs([text])[0])
+    assert 0.05 < p < 0.9
+    assert Toxicity(threshold=p)(chat(text)).action == "flag"  # at the threshold counts
+    assert Toxicity(threshold=min(1.0, p + 0.01))(chat(text)).action == "keep"
+    with pytest.raises(ValueError, match=r"threshold=0 must be in \(0, 1\]"):
+        Toxicity(threshold=0)
+    with pytest.raises(ValueError, match="action='redact'; valid: drop, flag"):
+        Toxicity(action="redact")
+
+
+def test_toxicity_scores_a_batch_in_one_classifier_call(monkeypatch):
+    pytest.importorskip("profanity_check")
+    from itune.data import toxicity
+
+    calls = []
+    real = toxicity._predict_prob()
+    monkeypatch.setattr(toxicity, "_predict_prob", lambda: lambda texts: calls.append(texts) or real(texts))
+    filters = build_filters({"pii": PII(), "tox": toxicity.Toxicity(action="drop"), "dedup": ExactDedup()})
+    out = curate_batch({"messages": [chat(CLEAN), chat("Hey", TOXIC), chat("mail a@b.io")]}, filters)
+    assert len(calls) == 1 and len(calls[0]) == 6  # every turn of the three rows, in one call
+    assert calls[0][4] == "mail [EMAIL]"  # it sees the text PII left
+    assert out["drop_at"] == [3, 1, 3] and out["key_dedup"][1] == ""
+    assert json.loads(out["events"][1])[0][:2] == [1, "drop"]
+
+
+def test_toxicity_without_the_package_names_the_install(monkeypatch):
+    import importlib.util
+
+    from itune.data import toxicity
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "profanity_check" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match="pip install alt-profanity-check"):
+        toxicity.Toxicity()
+
+
+def test_toxicity_counts_and_examples_reach_the_audit(tmp_path, tokenizer):
+    pytest.importorskip("profanity_check")
+    from itune.data.datamodule import InstructDataModule
+    from itune.data.toxicity import Toxicity
+    from tests.conftest import write_jsonl
+    from tests.test_templates import build
+
+    rows = [
+        {"instruction": f"Question {i}: what is {i} + {i}?", "input": "", "output": str(2 * i)}
+        for i in range(6)
+    ]
+    rows[2]["output"] = TOXIC
+    path = write_jsonl(tmp_path / "mine.jsonl", rows)
+    dm = InstructDataModule(
+        {"mine": {"path": str(path)}},
+        tokenizer,
+        build("chatml", tokenizer),
+        curate={"toxicity": Toxicity(action="drop")},
+        val_fraction=0,
+    )
+    dm.setup("fit")
+    tox = next(s for s in dm.audit["steps"] if s["name"] == "toxicity")
+    assert tox["counts"]["mine"]["dropped"] == 1 and len(dm.train_set) == 5
+    (example,) = tox["examples"]["dropped"]
+    assert example["row"] == 2 and example["detail"].startswith("p=1.00") and "worthless" in example["text"]

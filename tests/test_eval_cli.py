@@ -42,12 +42,29 @@ def test_training_writes_the_forgetting_report(demo_run, tmp_path):
     assert {"eval/disclaimer/ends_with_disclaimer", "eval/general_rules/no_disclaimer"} <= set(rows)
     assert rows["val/domain/loss"]["kind"] == "domain" and rows["val/general/loss"]["kind"] == "general"
     for key, row in rows.items():
-        assert metrics[key] == pytest.approx(row["tuned"]) and metrics[f"base/{key}"] == pytest.approx(
-            row["base"]
-        )
-    for key in ("gain/domain_delta", "forgetting/general_delta", "forgetting/regressions"):
+        assert metrics[key] == pytest.approx(row["tuned"])
+        if not row["informational"]:  # KL to the base rows: the base's KL is 0 by definition
+            assert metrics[f"base/{key}"] == pytest.approx(row["base"])
+    rule = rows["eval/disclaimer/ends_with_disclaimer"]
+    assert (
+        rule["n"] == 4 and rule["test"] == "mcnemar" and rule["ci_lo"] <= rule["improvement"] <= rule["ci_hi"]
+    )
+    assert rule["mde"] >= 1 and not rule["regression"]  # 4 prompts can never show a significant change
+    assert rows["val/general/loss"]["n"] is None and not rows["val/general/loss"]["regression"]
+    summary_keys = [
+        f"{k}{b}" for k in ("gain/domain_delta", "forgetting/general_delta") for b in ("", "_lo", "_hi")
+    ] + ["forgetting/regressions", "forgetting/significant_regressions"]
+    for key in summary_keys:
         assert metrics[key] == report["summary"][key]
+    assert metrics["forgetting/general_delta_lo"] <= metrics["forgetting/general_delta"]
+    assert metrics["forgetting/general_delta"] <= metrics["forgetting/general_delta_hi"]
     assert (run_dir / "forgetting.md").exists() and (run_dir / "forgetting.png").exists()
+    for model in ("base", "tuned"):
+        lines = (run_dir / f"items_{model}.jsonl").read_text().splitlines()
+        assert len(lines) == 8 and {json.loads(line)["suite"] for line in lines} == {
+            "disclaimer",
+            "general_rules",
+        }
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # one cached base result per suite
 
 
@@ -66,6 +83,10 @@ def test_itune_eval_reproduces_the_report(demo_run, tmp_path):
         assert evaluated[key] == pytest.approx(metrics[key])
         assert evaluated[f"base/{key}"] == pytest.approx(metrics[f"base/{key}"])
     assert (tmp_path / "eval_out" / "forgetting.md").exists()
+    for model in ("base", "tuned"):  # the same item scores (greedy answers, cached base)
+        assert (tmp_path / "eval_out" / f"items_{model}.jsonl").read_text() == (
+            run_dir / f"items_{model}.jsonl"
+        ).read_text()
 
 
 def test_itune_eval_refuses_another_template(demo_run, tmp_path):

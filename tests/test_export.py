@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
+import re
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +17,7 @@ from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itune.export import chat_template, export_run
+from itune.run_dir import new_file_mode
 from itune.run_loading import load_run
 from tests.conftest import CONF
 
@@ -97,9 +103,64 @@ def test_export_refuses_existing_dir(trained_run, tmp_path):
         export_run(trained_run("chatml"), tmp_path / "x")
 
 
+@pytest.mark.slow
+def test_model_card_snippet_runs_as_written(trained_run, tmp_path, monkeypatch, capsys):
+    out = export_run(trained_run("chatml"), tmp_path / "export")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    (snippet,) = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    monkeypatch.chdir(tmp_path)  # the snippet loads the export by its directory name
+    exec(compile(snippet, str(out / "README.md"), "exec"), {})  # noqa: S102  (the card's code, as written)
+    assert capsys.readouterr().out.endswith("\n")  # it printed the (tiny random model's) answer
+
+
+def modes(directory: Path) -> dict[str, int]:
+    """Permission bits of every file in a directory, by name."""
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir() if p.is_file()}
+
+
+@pytest.mark.slow
+def test_safetensors_files_honour_the_umask(trained_run, full_run, tmp_path):
+    for weights in (trained_run("chatml") / "adapter", full_run / "model"):  # written under this umask
+        assert {n: m for n, m in modes(weights).items() if n.endswith(".safetensors")}
+        assert set(modes(weights).values()) == {new_file_mode()}, modes(weights)
+    old = os.umask(0o027)
+    try:
+        merged = export_run(trained_run("chatml"), tmp_path / "merged")
+        adapter = export_run(trained_run("chatml"), tmp_path / "adapter", merge=False)
+    finally:
+        os.umask(old)
+    for out, weights in ((merged, "model.safetensors"), (adapter, "adapter_model.safetensors")):
+        assert modes(out)[weights] == 0o640
+        assert set(modes(out).values()) == {0o640}, modes(out)  # like every other file
+
+
+@pytest.mark.slow
+def test_adapter_export_names_its_base_model(trained_run, tmp_path):
+    out = export_run(trained_run("chatml"), tmp_path / "adapter", merge=False)
+    config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["base_model_name_or_path"] == "itune/tiny-llama"  # the run's model.name (no name_or_path)
+
+
+@pytest.mark.slow
+def test_full_fine_tune_export_says_full_model(full_run, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="itune.export"):
+        out = export_run(full_run, tmp_path / "export")
+    assert (out / "model.safetensors").exists()
+    assert "(full model)" in caplog.text and "merged" not in caplog.text
+    assert "| peft | `none` |" in (out / "README.md").read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     from tests.tiny_runs import tiny_run
 
     base = tmp_path_factory.mktemp("runs")
     return lambda template="chatml": tiny_run(base, template)
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory) -> Path:
+    """A tiny full fine-tune (no peft): the run saves `model/`."""
+    from tests.tiny_runs import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("full_runs"), "chatml", "peft=none")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itune.report import build_report, collect_runs, pareto_front, recommend, write_report
-from itune.sweep.criterion import Criterion, objective_value
+from itune.report import build_report, collect_runs, criterion_spec, pareto_front, recommend, write_report
+from itune.sweep.collect import expected_grid
+from itune.sweep.criterion import Criterion, metric_direction, objective_directions, objective_value
 
 GAIN, RETENTION = "gain/domain_delta", "forgetting/general_delta"
 
@@ -132,3 +133,89 @@ def test_report_cli_accepts_positional_dirs():
 
     assert positional_dirs_to_override(["a/b", "c", "out=x"]) == ["out=x", "sweeps=['a/b','c']"]
     assert positional_dirs_to_override(["sweeps=[a]"]) == ["sweeps=[a]"]
+
+
+def loss_sweep(root: Path, general: str = "general", domain: str = "domain") -> Path:
+    """An eval=none sweep: only losses in metrics.json. Run 2 has the lowest val/loss, run 0 the highest."""
+    losses = [(2.5, 2.0, 3.0), (2.2, 1.6, 2.8), (1.9, 1.5, 2.3), (2.1, 1.7, 2.2)]  # val, domain, general
+    for i, (val, dom, gen) in enumerate(losses):
+        job = make_job(
+            root,
+            i,
+            [f"optimizer.lr={10 ** -(i + 2)}"],
+            {"train/loss": val - 0.3, "val/loss": val, f"val/{domain}/loss": dom, f"val/{general}/loss": gen},
+        )
+        config = {"eval": {"on_base": False, "general_sources": [general]}, "optimizer": {"lr": 0.1}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_directions_follow_the_metric():
+    lower = ("val/loss", "eval/alpaca/alpaca_ppl", "x/perplexity", "forgetting/regressions")
+    assert {metric_direction(k) for k in lower} == {"minimize"}
+    assert metric_direction(GAIN) == metric_direction("eval/disclaimer/ends_with_disclaimer") == "maximize"
+    assert Criterion.parse({"metric": "val/loss"}).direction == "minimize"  # no direction given
+    assert Criterion.parse({"metric": "val/loss", "direction": "maximize"}).direction == "maximize"
+    assert objective_directions({"metric": "val/loss", "penalty": 1}) == ["minimize"]
+    low = Criterion("val/loss", at_most={"train/loss": 1.0})
+    assert low.objective({"val/loss": 2.0, "train/loss": 1.5}, penalty=2.0) == pytest.approx(3.0)  # worse
+
+
+def test_pareto_front_and_pick_with_losses_minimise(tmp_path):
+    runs = collect_runs([loss_sweep(tmp_path / "s")])
+    assert sorted(pareto_front(runs, "val/domain/loss", "val/general/loss")) == ["s/2", "s/3"]  # not s/0
+    report = build_report(runs, Criterion("val/loss"), x="val/domain/loss", y="val/general/loss")
+    assert report.recommended == "s/2" and report.notes == []
+    write_report(report, tmp_path / "out")
+    assert "val/domain/loss (lower is better)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_sweep_without_base_evaluation_gets_a_table_plot_and_pick(tmp_path):
+    runs = collect_runs([loss_sweep(tmp_path / "s", general="public", domain="team")])
+    report = build_report(runs)  # the defaults: gain/domain_delta vs forgetting/general_delta, budget -0.05
+    assert (report.x, report.y) == ("val/team/loss", "val/public/loss")  # public is general in the config
+    assert report.recommended == "s/2"  # the lowest val/loss
+    assert sorted(report.front) == ["s/2", "s/3"]
+    assert report.criterion == "minimize val/loss"
+    assert any("no base evaluation" in n for n in report.notes)
+    assert any("bounds on forgetting/general_delta dropped" in n for n in report.notes)
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "**recommended: s/2**" in md and "- note: no completed run has gain/domain_delta" in md
+    assert "val/public/loss (lower is better)" in md and "domain gain" not in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("<circle") == 4 and "nothing to plot" not in html
+    assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 0
+
+
+def test_a_dict_on_the_command_line_replaces_the_bounds():
+    spec = {"metric": GAIN, "at_least": {RETENTION: -0.05}, "at_most": {}}
+    assert criterion_spec(spec, ["criterion.at_least={}"])["at_least"] == {}
+    replaced = criterion_spec(spec, ["out=x", "criterion.at_least={eval/x/acc: 0.9}"])
+    assert replaced["at_least"] == {"eval/x/acc": 0.9}
+    assert criterion_spec(spec, ["criterion.at_least.forgetting/general_delta=-0.02"]) == spec  # Hydra's
+
+
+def test_report_cli_drops_the_budget_with_an_empty_dict(sweep, tmp_path):
+    from tests.test_sweep import command
+
+    done = command("itune-report", str(sweep), f"out={tmp_path / 'r'}", "criterion.at_least={}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["criterion"] == "maximize gain/domain_delta" and report["recommended"] == "grid/1"
+
+
+def test_interrupted_jobs_and_a_grid_overridden_on_the_command_line(tmp_path):
+    root = tmp_path / "grid"
+    root.mkdir()
+    multirun = {
+        "hydra": {
+            "sweeper": {"_target_": "hydra.BasicSweeper", "params": {"optimizer.lr": "1,2", "peft.r": "4,8"}},
+            "overrides": {"task": ["optimizer.lr=3,4,5"]},  # the command line replaces the preset's axis
+        }
+    }
+    (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    assert len(expected_grid(root)) == 6
+    make_job(root, 0, ["optimizer.lr=3", "peft.r=4"], status="interrupted", error="exit status 143")
+    runs = collect_runs([root])
+    assert runs[0].status == "interrupted" and len(runs) == 6

@@ -102,3 +102,56 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, alpaca_file):
         timeout=300,
     )
     assert done.returncode != 0 and "no checkpoint at" in done.stderr and "hydra.run.dir" in done.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_run(tmp_path, alpaca_file):
+    """Ctrl-C: status `interrupted`, a checkpoint at the step it stopped, and `resume=<dir>` with no
+    overrides retyped ends with the same weights and one unbroken CSV history as an uninterrupted run."""
+    reference = tmp_path / "reference"
+    done = subprocess.run(command(reference, alpaca_file), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(command(run, alpaca_file), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while ckpt_step(run / "checkpoints" / "last.ckpt") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, err.decode()[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and "resume=" in status["resume"], status
+    stopped_at = ckpt_step(run / "checkpoints" / "last.ckpt")
+    assert 3 <= stopped_at < STEPS, stopped_at
+    assert not (run / "metrics.json").exists()
+
+    itune = str(Path(sys.executable).with_name("itune-train"))
+    refused = subprocess.run([itune, f"resume={run}", "optimizer.lr=1"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "resume_allow_changes=true" in refused.stderr, refused.stderr
+    resumed = subprocess.run([itune, f"resume={run}"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr  # Lightning's warning does not apply to our loader
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+
+    ref_losses, res_losses = losses(reference), losses(run)
+    assert sorted(res_losses) == sorted(ref_losses), stopped_at  # steps before the stop kept, none twice
+    assert all(abs(ref_losses[s] - res_losses[s]) < 1e-5 for s in ref_losses), (ref_losses, res_losses)
+    ref_w = load_file(reference / "adapter" / "adapter_model.safetensors")
+    res_w = load_file(run / "adapter" / "adapter_model.safetensors")
+    for k in ref_w:
+        torch.testing.assert_close(res_w[k], ref_w[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_refuses_a_changed_mixture(tmp_path, alpaca_file):
+    run = tmp_path / "run"
+    first = subprocess.run(
+        command(run, alpaca_file, "trainer.max_steps=3"), capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = subprocess.run(
+        command(run, alpaca_file, "trainer.max_steps=6", "ckpt_path=last", "data.val_fraction=0.5"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert changed.returncode != 0 and "changed data mixture" in changed.stderr, changed.stderr[-2000:]

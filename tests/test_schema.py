@@ -27,7 +27,7 @@ def test_every_option_passes_the_schema(group, option, compose_train, tmp_path):
         overrides.append(f"data.sources.flan.path={tmp_path / 'flan.jsonl'}")
     if group == "eval" and "data_dir" in (CONF / "eval" / f"{option}.yaml").read_text():
         overrides.append(f"eval.data_dir={SHARED_DATA}")
-    check_config(compose_train(*overrides))
+    check_config(compose_train(*overrides), files=False)  # keys and values; the files are not there
 
 
 def preset(tmp_path: Path, text: str) -> str:

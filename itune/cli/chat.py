@@ -4,12 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 import itune  # noqa: F401  (registers config resolvers)
-from itune.chat import run_chat
+from itune.errors import run_command
 
 
 @hydra.main(config_path="pkg://itune.conf", config_name="chat", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_chat(cfg)
+    from itune.chat import run_chat  # lazily: --help and --cfg need no torch
+
+    run_command("chat", run_chat, cfg)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 import itune  # noqa: F401  (registers config resolvers)
-from itune.export import run_export
+from itune.errors import run_command
 
 
 @hydra.main(config_path="pkg://itune.conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_export(cfg)
+    from itune.export import run_export  # lazily: --help and --cfg need no torch
+
+    run_command("export", run_export, cfg)
 
 
 if __name__ == "__main__":

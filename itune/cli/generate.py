@@ -4,12 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 import itune  # noqa: F401  (registers config resolvers)
-from itune.generate_cmd import run_generate
+from itune.errors import run_command
 
 
 @hydra.main(config_path="pkg://itune.conf", config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_generate(cfg)
+    from itune.generate_cmd import run_generate  # lazily: --help and --cfg need no torch
+
+    run_command("generate", run_generate, cfg)
 
 
 if __name__ == "__main__":

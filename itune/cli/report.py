@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from itune.report import run_report
+from itune.errors import run_command
 
 
 def positional_dirs_to_override(argv: list[str]) -> list[str]:
@@ -27,7 +27,9 @@ def positional_dirs_to_override(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path="pkg://itune.conf", config_name="report", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    run_report(cfg)
+    from itune.report import run_report  # lazily: --help needs no matplotlib
+
+    run_command("report", run_report, cfg)
 
 
 def main() -> None:

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from itune.data.audit_gate import AuditError as AuditError  # raised here; callers catch it from this module
+from itune.data.audit_gate import fail_on_steps, raise_for_checks, raise_for_fail_on
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from omegaconf import DictConfig
@@ -32,10 +35,6 @@ log = logging.getLogger(__name__)
 AUDIT_JSON, AUDIT_MD, MANIFEST_JSON, PLOTS_DIR = "audit.json", "audit.md", "manifest.json", "audit"
 ACTIONS = ("in", "dropped", "redacted", "flagged", "truncated")
 ROLE_SAMPLE = 200  # rows per source whose tokens are attributed to roles
-
-
-class AuditError(RuntimeError):
-    """An audit check failed (e.g. the end-of-turn token is never trained); the report says which."""
 
 
 class Recorder:
@@ -452,13 +451,6 @@ def _plot(path: Path, name: str, hist: dict[str, Any], max_length: int) -> None:
     plt.close(fig)
 
 
-def raise_for_checks(audit: dict[str, Any]) -> None:
-    """AuditError naming each failed check."""
-    failed = [c for c in audit.get("checks", []) if not c["ok"]]
-    if failed:
-        raise AuditError("data audit failed: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed))
-
-
 def write_audit(run_dir: str | Path, datamodule: InstructDataModule, check: bool = True) -> list[Path]:
     """Write audit.json, audit.md, the length histograms and manifest.json (rank 0), then run the checks.
 
@@ -490,10 +482,13 @@ def write_audit(run_dir: str | Path, datamodule: InstructDataModule, check: bool
 def run_audit(cfg: DictConfig) -> dict[str, Any]:
     """Compose the data pipeline of a config (tokenizer, template, data, curate) and write the audit only.
 
-    Returns the audit; raises AuditError when a check fails (after writing the report).
+    Returns the audit. Raises AuditError, after writing the report, when a check fails or a step named in
+    `cfg.fail_on` dropped, redacted, flagged or truncated any row; ValueError for an unknown `fail_on` name
+    (before reading any data).
     """
     from hydra.utils import instantiate
 
+    fail_on = fail_on_steps(cfg.get("fail_on"), cfg.data.get("curate"))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = instantiate(cfg.model.tokenizer)
@@ -507,4 +502,5 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
         if any(t.values()):
             log.info("%-14s %s", st["name"], ", ".join(f"{k} {v}" for k, v in t.items() if v))
     raise_for_checks(audit)
+    raise_for_fail_on(audit, fail_on)
     return audit

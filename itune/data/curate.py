@@ -15,7 +15,6 @@ settings and give them a name, and the datamodule records what each did to each 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 import unicodedata
@@ -27,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import xxhash
 
+from itune.data.pii import PII_KINDS, PII_PATTERNS_VERSION, check_kinds, redact_pii
 from itune.data.templates import Message
 
 Action = Literal["keep", "drop", "redact", "flag"]
@@ -62,119 +62,6 @@ def conversation_text(messages: Sequence[Message], roles: Iterable[str] | None =
     """
     keep = set(roles) if roles is not None else None
     return "\n".join(m["content"] for m in messages if keep is None or m["role"] in keep)
-
-
-def luhn_ok(digits: str) -> bool:
-    """Luhn checksum of a digit string (credit-card numbers pass it, most random digit runs do not).
-
-    >>> luhn_ok("4111111111111111"), luhn_ok("4111111111111112")
-    (True, False)
-    """
-    if not digits.isdigit():
-        return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def iban_ok(iban: str) -> bool:
-    """ISO 13616 mod-97 check of an IBAN (spaces allowed).
-
-    >>> iban_ok("GB82 WEST 1234 5698 7654 32"), iban_ok("GB82 WEST 1234 5698 7654 33")
-    (True, False)
-    """
-    s = iban.replace(" ", "").upper()
-    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", s):
-        return False
-    digits = "".join(str(int(c, 36)) for c in s[4:] + s[:4])
-    return int(digits) % 97 == 1
-
-
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text)
-
-
-def _ip_ok(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-# kind → (pattern, validator of the match or None). Applied in this order: the greedy phone pattern last,
-# so that card numbers, IBANs and SSNs are already replaced when it runs.
-PII_PATTERNS: dict[str, tuple[re.Pattern[str], Any]] = {
-    "email": (re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
-    "iban": (re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok),
-    "credit_card": (
-        re.compile(r"(?<![\d.,-])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d)"),  # not inside a decimal
-        lambda s: 13 <= len(_digits(s)) <= 19 and luhn_ok(_digits(s)),
-    ),
-    "ssn": (re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), None),
-    "ip": (
-        re.compile(
-            r"(?<![\w.:])(?:(?:\d{1,3}\.){3}\d{1,3}|(?=[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){7})"
-            r"[0-9A-Fa-f:]{2,39}[0-9A-Fa-f])(?![\w.:])"
-        ),
-        _ip_ok,
-    ),
-    "phone": (
-        re.compile(
-            r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?|\d{1,4}[\s.-])?"
-            r"\d{2,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?![\w])"
-        ),
-        lambda s: 10 <= len(_digits(s)) <= 15 or (s.startswith("+") and 8 <= len(_digits(s)) <= 15),
-    ),
-}
-PII_KINDS = tuple(PII_PATTERNS)
-PLACEHOLDERS = {k: f"[{k.upper()}]" for k in PII_KINDS} | {"ip": "[IP_ADDRESS]"}
-
-
-def find_pii(text: str, kinds: Iterable[str] = PII_KINDS) -> dict[str, int]:
-    """Counts of each kind of PII in `text` (the same matches `redact_pii` replaces).
-
-    >>> find_pii("mail ann@example.com or call +1 (555) 010-2345")
-    {'email': 1, 'phone': 1}
-    """
-    return redact_pii(text, kinds)[1]
-
-
-def redact_pii(text: str, kinds: Iterable[str] = PII_KINDS) -> tuple[str, dict[str, int]]:
-    """Replace PII by typed placeholders; return the new text and the count per kind.
-
-    Kinds: email, iban (mod-97 checked), credit_card (13-19 digits, Luhn-checked), ssn (US, dashed),
-    ip (IPv4/IPv6, parsed), phone (10-15 digits with separators, or `+` and 8-15 digits).
-
-    >>> redact_pii("card 4111 1111 1111 1111, ssn 123-45-6789, host 10.0.0.1")
-    ('card [CREDIT_CARD], ssn [SSN], host [IP_ADDRESS]', {'credit_card': 1, 'ssn': 1, 'ip': 1})
-    """
-    wanted = set(kinds)
-    unknown = wanted - set(PII_KINDS)
-    if unknown:
-        raise ValueError(f"unknown PII kind(s) {sorted(unknown)}; valid kinds: {', '.join(PII_KINDS)}")
-    counts: dict[str, int] = {}
-    for kind in PII_KINDS:
-        if kind not in wanted:
-            continue
-        pattern, valid = PII_PATTERNS[kind]
-        n = 0
-
-        def sub(m: re.Match[str], kind: str = kind, valid: Any = valid) -> str:
-            nonlocal n
-            if valid is not None and not valid(m.group(0)):
-                return m.group(0)
-            n += 1
-            return PLACEHOLDERS[kind]
-
-        text = pattern.sub(sub, text)
-        if n:
-            counts[kind] = n
-    return text, counts
 
 
 def content_hash(messages: Sequence[Message]) -> str:
@@ -247,9 +134,15 @@ class Filter:
         payload = json.dumps([type(self).__qualname__, self.settings()], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    def verdicts(self, conversations: Sequence[list[Message]]) -> list[Verdict]:
+        """Row filters: the verdicts for many rows (one call per row here; batched filters override)."""
+        return [self(m) for m in conversations]
+
 
 class PII(Filter):
     """Redact (typed placeholder) or drop rows with e-mails, phones, card numbers, IBANs, SSNs, IPs.
+
+    The patterns and the checks that keep look-alikes out are in `itune.data.pii`.
 
     Args:
         action: `redact` replaces each match by `[EMAIL]`, `[PHONE]`, ... ; `drop` drops the row.
@@ -266,7 +159,10 @@ class PII(Filter):
         if action not in ("redact", "drop"):
             raise ValueError(f"curate PII action={action!r}; valid: redact, drop")
         self.action, self.kinds, self.roles = action, list(kinds or PII_KINDS), roles
-        redact_pii("", self.kinds)  # validate kinds now
+        check_kinds(self.kinds)
+
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | {"patterns_version": PII_PATTERNS_VERSION}  # in the cache key
 
     def __call__(self, messages: list[Message]) -> Verdict:
         out, found = [], {}
@@ -579,46 +475,39 @@ def build_filters(filters: dict[str, Any] | None) -> list[Filter]:
 def curate_batch(batch: dict[str, list[Any]], filters: list[Filter]) -> dict[str, list[Any]]:
     """datasets.map (batched) function: run the row and set filters in order on each row's messages.
 
+    Each filter sees the batch's surviving rows at once (so a classifier or MinHash runs vectorised), in
+    the configured order: a row dropped by one filter is not shown to the next ones.
+
     Adds `drop_at` (position of the first row filter that dropped the row; len(filters) when none),
     `events` (JSON list of [position, action, detail] of row filters that acted), `sha` (content hash of the
     final messages) and one `key_<name>` column per set filter (empty past the drop point).
     """
     n_rows = len(batch["messages"])
-    out_msgs, drop_at, events = [], [], []
+    msgs: list[list[Message]] = list(batch["messages"])
+    drop_at, acted = [len(filters)] * n_rows, [[] for _ in range(n_rows)]
     # "" / [] for rows dropped before a set filter (a fixed column type for every batch)
     keys: dict[str, list[Any]] = {
         f.name: [[] if isinstance(f, NearDedup) else ""] * n_rows for f in filters if f.stage == "set"
     }
-    pending: dict[str, list[int]] = {f.name: [] for f in filters if isinstance(f, NearDedup)}
-    pending_msgs: dict[str, list[list[Message]]] = {name: [] for name in pending}
-    for r, messages in enumerate(batch["messages"]):
-        stop, acted = len(filters), []
-        for pos, f in enumerate(filters):
-            if f.stage == "set":
-                if isinstance(f, NearDedup):  # signatures are computed in bulk below
-                    pending[f.name].append(r)
-                    pending_msgs[f.name].append(messages)
-                else:
-                    keys[f.name][r] = f.key(messages)
-            elif f.stage == "row":
-                v = f(messages)
+    alive = list(range(n_rows))
+    for pos, f in enumerate(filters):
+        convs = [msgs[r] for r in alive]
+        if f.stage == "set":
+            found = f.keys(convs) if isinstance(f, NearDedup) else [f.key(m) for m in convs]
+            for r, k in zip(alive, found, strict=True):
+                keys[f.name][r] = k
+        elif f.stage == "row":
+            for r, v in zip(alive, f.verdicts(convs), strict=True):
                 if v.action != "keep":
-                    acted.append([pos, v.action, v.detail])
-                messages = v.messages
+                    acted[r].append([pos, v.action, v.detail])
+                msgs[r] = v.messages
                 if v.action == "drop":
-                    stop = pos
-                    break
-        out_msgs.append(messages)
-        drop_at.append(stop)
-        events.append(json.dumps(acted) if acted else "")
-    for f in filters:
-        if isinstance(f, NearDedup) and pending[f.name]:
-            for r, sig in zip(pending[f.name], f.keys(pending_msgs[f.name]), strict=True):
-                keys[f.name][r] = sig
+                    drop_at[r] = pos
+            alive = [r for r in alive if drop_at[r] == len(filters)]
     out = {
-        "messages": out_msgs,
+        "messages": msgs,
         "drop_at": drop_at,
-        "events": events,
-        "sha": [content_hash(m) for m in out_msgs],
+        "events": [json.dumps(a) if a else "" for a in acted],
+        "sha": [content_hash(m) for m in msgs],
     }
     return out | {f"key_{name}": v for name, v in keys.items()}

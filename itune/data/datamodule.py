@@ -24,7 +24,7 @@ from itune.data import packing as pk
 from itune.data.collate import PackCollator, PadCollator
 from itune.data.curate import Filter, build_filters, curate_batch, snippet
 from itune.data.formats import RowError, get_format, to_messages
-from itune.data.mix import draw_indices, mix_counts
+from itune.data.mix import draw_indices, format_table, mix_counts, mixture_table, mixture_warnings
 from itune.data.sources import SourceError, load_jsonl_skipping, load_source
 from itune.data.templates import IGNORE_INDEX, Template
 
@@ -75,15 +75,40 @@ def make_source(name: str, node: dict[str, Any]) -> Source:
     return Source(name=name, **node)
 
 
+def row_place(path: str, idx: int) -> str:
+    """Where row `idx` (0-based) sits in its file, as its editor shows it.
+
+    >>> row_place("a.jsonl", 3), row_place("a.json", 3)
+    ('row 3 (line 4 of the JSONL file)', 'row 3 (record 4 of the JSON array)')
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return f"row {idx} (line {idx + 1} of the JSONL file)"
+    if suffix == ".json":
+        return f"row {idx} (record {idx + 1} of the JSON array)"
+    if suffix in (".csv", ".tsv"):
+        return f"row {idx} (line {idx + 2} of the CSV file)"
+    return f"row {idx}"
+
+
 def format_row(
-    row: dict[str, Any], idx: int, format: str, fields: dict[str, str] | None, where: str, skip_bad: bool
+    row: dict[str, Any],
+    idx: int,
+    format: str,
+    fields: dict[str, str] | None,
+    where: str,
+    skip_bad: bool,
+    path: str = "",
 ) -> dict[str, Any]:
     """datasets.map function: raw row → {messages, error, row}; raises naming the row unless skipping."""
     try:
         return {"messages": to_messages(row, format, fields), "error": "", "row": idx}
     except RowError as e:
         if not skip_bad:
-            raise RowError(f"{where}, row {idx} (line {idx + 1} of a JSONL file): {e}") from None
+            raise RowError(
+                f"{where}, {row_place(path, idx)}: {e}; fix the row, or set data.on_bad_row=skip to skip "
+                "such rows (counted in metrics.json and the audit)"
+            ) from None
         return {"messages": [], "error": str(e), "row": idx}
 
 
@@ -178,6 +203,7 @@ class InstructDataModule(L.LightningDataModule):
             without packing); `dataset` packs the whole mixture once (best-fit decreasing) into rows of
             pack_length, and batch_size then counts rows (a fixed token budget per step).
         group_by_length: without packing, batch examples of similar length (less padding).
+        max_repeats: warn when a source is repeated more than this many times in the mixture.
     """
 
     def __init__(
@@ -205,6 +231,7 @@ class InstructDataModule(L.LightningDataModule):
         pack_length: int | None = None,
         pack_scope: Literal["batch", "dataset"] = "batch",
         group_by_length: bool = False,
+        max_repeats: float = 4.0,
     ) -> None:
         super().__init__()
         if not sources:
@@ -231,7 +258,7 @@ class InstructDataModule(L.LightningDataModule):
         self.streaming, self.streaming_audit_rows = streaming, streaming_audit_rows
         self.shuffle_buffer, self.audit_examples = shuffle_buffer, audit_examples
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.max_repeats = num_workers, seed, max_repeats
         self.collate = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of)
         if pack_scope not in ("batch", "dataset"):
             raise ValueError(f"data.pack_scope={pack_scope!r}; valid: batch, dataset")
@@ -279,6 +306,7 @@ class InstructDataModule(L.LightningDataModule):
                 "fields": src.fields,
                 "where": self._where(src),
                 "skip_bad": self.on_bad_row == "skip",
+                "path": src.path,
             },
             **kwargs,
         )
@@ -575,7 +603,10 @@ class InstructDataModule(L.LightningDataModule):
         self.val_set = concatenate_datasets(vals) if vals else None
         self.stats["data/rows_train"] = len(self.train_set)
         self.stats["data/rows_val"] = len(self.val_set) if self.val_set else 0
-        log.info("training mixture: %s", {s.name: counts[s.name] for s in self.sources})
+        table = mixture_table(self.stats, self.source_names)
+        log.info("training mixture (rows):\n%s", format_table(table))
+        for warning in mixture_warnings(table, self.max_repeats):
+            log.warning(warning)
         self.manifest = au.build_manifest(self, prepared, counts, available)
         self.audit = au.build_audit(self, self._recorder, prepared, draws, self.manifest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from datasets import Dataset, IterableDataset, load_dataset
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# datasets logs its own JSON parse error before raising; load_source re-raises it naming file and line.
+logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
 
 
 class SourceError(ValueError):
@@ -100,6 +103,8 @@ def load_source(
             raise SourceError(f"data file {p} not found")
         if p.suffix not in BUILDERS:
             raise SourceError(f"data file {p}: unsupported extension; valid: {', '.join(BUILDERS)}")
+        if p.stat().st_size == 0 or not p.read_bytes()[:4096].strip():
+            raise SourceError(f"data file {p} is empty; give a file with at least one row")
         if BUILDERS[p.suffix] in ("json", "csv") and (problem := _utf8_problem(p)):
             raise SourceError(f"{p}: {problem}")
         try:

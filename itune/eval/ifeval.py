@@ -10,6 +10,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from itune.data.sources import read_jsonl
 from itune.data.templates import Template
+from itune.eval.items import ItemScores, item_ids, item_scores, means
+from itune.eval.runner import ScoredSuite
 from itune.generation import generate
 
 METRICS = (
@@ -38,31 +40,72 @@ def read_ifeval(path: str, limit: int | None) -> list[dict[str, Any]]:
     return rows
 
 
-def score_ifeval(
-    rows: list[dict[str, Any]], responses: list[str], nltk_data: str | None = None
-) -> dict[str, float]:
-    """Prompt- and instruction-level accuracy (strict and loose) with lm-eval's IFEval checker."""
-    if nltk_data:  # the checkers need NLTK's punkt_tab; never let them download it
+def _use_nltk_data(nltk_data: str | None) -> None:
+    """Point NLTK at `nltk_data` (the checkers need punkt_tab; they must never download it)."""
+    if nltk_data:
         os.environ["NLTK_DATA"] = str(nltk_data)
         import nltk
 
         if str(nltk_data) not in nltk.data.path:
             nltk.data.path.insert(0, str(nltk_data))
+
+
+def ifeval_items(
+    rows: list[dict[str, Any]], responses: list[str], nltk_data: str | None = None
+) -> list[dict[str, Any]]:
+    """Per prompt: prompt-level strict/loose pass (0/1), instructions passed (strict, loose) and in total,
+    and each instruction's strict/loose pass, checked by lm-eval's IFEval code."""
+    _use_nltk_data(nltk_data)
     from lm_eval.tasks.ifeval.utils import process_results
 
-    prompt = {"prompt_level_strict_acc": 0, "prompt_level_loose_acc": 0}
-    inst = {"inst_level_strict_acc": [], "inst_level_loose_acc": []}
-    for row, response in zip(rows, responses, strict=True):
+    items = []
+    ids = item_ids(r["prompt"] for r in rows)
+    for item_id, row, response in zip(ids, rows, responses, strict=True):
         result = process_results(row, [response])
-        for k in prompt:
-            prompt[k] += bool(result[k])
-        for k in inst:
-            inst[k] += [bool(x) for x in result[k]]
-    out = {k: v / len(rows) for k, v in prompt.items()}
-    return out | {k: sum(v) / max(1, len(v)) for k, v in inst.items()}
+        strict, loose = [bool(x) for x in result["inst_level_strict_acc"]], result["inst_level_loose_acc"]
+        items.append(
+            {
+                "id": item_id,
+                "prompt_level_strict_acc": int(bool(result["prompt_level_strict_acc"])),
+                "prompt_level_loose_acc": int(bool(result["prompt_level_loose_acc"])),
+                "inst_strict": sum(strict),
+                "inst_loose": sum(bool(x) for x in loose),
+                "inst_total": len(strict),
+                "instructions": [
+                    {"id": i, "strict": int(s), "loose": int(bool(lo))}
+                    for i, s, lo in zip(row["instruction_id_list"], strict, loose, strict=True)
+                ],
+            }
+        )
+    return items
 
 
-class IFEvalSuite:
+def score_ifeval(
+    rows: list[dict[str, Any]], responses: list[str], nltk_data: str | None = None
+) -> dict[str, float]:
+    """Prompt- and instruction-level accuracy (strict and loose) with lm-eval's IFEval checker."""
+    return aggregate(ifeval_items(rows, responses, nltk_data))
+
+
+def aggregate(items: list[dict[str, Any]]) -> dict[str, float]:
+    """The four IFEval metrics from per-prompt items (instruction level: passed / all instructions)."""
+    total = max(1, sum(i["inst_total"] for i in items))
+    return {
+        "prompt_level_strict_acc": sum(i["prompt_level_strict_acc"] for i in items) / len(items),
+        "inst_level_strict_acc": sum(i["inst_strict"] for i in items) / total,
+        "prompt_level_loose_acc": sum(i["prompt_level_loose_acc"] for i in items) / len(items),
+        "inst_level_loose_acc": sum(i["inst_loose"] for i in items) / total,
+    }
+
+
+# Instruction-level accuracies are ratios over prompts (instructions of one prompt are not independent).
+ESTIMATORS = means(["prompt_level_strict_acc", "prompt_level_loose_acc"]) | {
+    "inst_level_strict_acc": {"stat": "ratio", "num": "inst_strict", "den": "inst_total"},
+    "inst_level_loose_acc": {"stat": "ratio", "num": "inst_loose", "den": "inst_total"},
+}
+
+
+class IFEvalSuite(ScoredSuite):
     """Greedy answers to IFEval prompts with the run's template, checked by the public IFEval code.
 
     Args:
@@ -89,10 +132,12 @@ class IFEvalSuite:
             raise FileNotFoundError(f"nltk_data={self.nltk_data} has no tokenizers/punkt_tab folder")
         self.max_new_tokens, self.batch_size, self.kind = max_new_tokens, batch_size, kind
 
-    def run(
+    def score(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    ) -> tuple[dict[str, float], list[dict[str, Any]], ItemScores]:
+        """The four accuracies, the (prompt, answer) samples and the per-prompt/instruction items."""
         conversations = [[{"role": "user", "content": r["prompt"]}] for r in self.rows]
         answers = generate(model, tokenizer, template, conversations, self.max_new_tokens, self.batch_size)
         samples = [{"prompt": r["prompt"], "answer": a} for r, a in zip(self.rows, answers, strict=True)]
-        return score_ifeval(self.rows, answers, self.nltk_data), samples
+        items = ifeval_items(self.rows, answers, self.nltk_data)
+        return aggregate(items), samples, item_scores(ESTIMATORS, items)

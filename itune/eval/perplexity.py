@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -12,10 +13,12 @@ from itune.data.collate import PadCollator
 from itune.data.formats import to_messages
 from itune.data.sources import load_source
 from itune.data.templates import IGNORE_INDEX, Template
+from itune.eval.items import ItemScores, item_ids, item_scores
+from itune.eval.runner import ScoredSuite
 from itune.module import token_losses
 
 
-class PerplexitySuite:
+class PerplexitySuite(ScoredSuite):
     """Mean loss per trained token and its perplexity on each reference set, through the run's template.
 
     Args:
@@ -45,30 +48,52 @@ class PerplexitySuite:
         self.max_length, self.batch_size, self.kind = max_length, batch_size, kind
 
     @torch.no_grad()
-    def run(
+    def score(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """`<name>_loss` and `<name>_ppl` per reference set."""
+    ) -> tuple[dict[str, float], list[dict[str, Any]], ItemScores]:
+        """`<name>_loss` and `<name>_ppl` per reference set, and each example's summed loss and tokens."""
         was_training = model.training
         model.eval()
+        metrics: dict[str, float] = {}
+        rows: list[dict[str, Any]] = []
+        estimators: dict[str, dict[str, Any]] = {}
+        for name, conversations in self.conversations.items():
+            losses, tokens = self._example_losses(model, tokenizer, template, conversations)
+            loss = sum(losses) / max(1, sum(tokens))
+            metrics |= {f"{name}_loss": loss, f"{name}_ppl": math.exp(loss)}
+            texts = [f"{name}\n{json.dumps(c, sort_keys=True)}" for c in conversations]
+            rows += [
+                {"id": i, f"{name}_loss_sum": lo, f"{name}_tokens": n}
+                for i, lo, n in zip(item_ids(texts), losses, tokens, strict=True)
+            ]
+            ratio = {"num": f"{name}_loss_sum", "den": f"{name}_tokens"}
+            estimators |= {
+                f"{name}_loss": {"stat": "ratio", **ratio},
+                f"{name}_ppl": {"stat": "exp_ratio", **ratio},
+            }
+        model.train(was_training)
+        return metrics, [], item_scores(estimators, rows)
+
+    def _example_losses(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        template: Template,
+        conversations: list[list[dict[str, str]]],
+    ) -> tuple[list[float], list[int]]:
+        """Summed loss over the trained tokens and their number, per conversation."""
         device = next(model.parameters()).device
         collate = PadCollator(tokenizer.pad_token_id)
-        metrics: dict[str, float] = {}
-        for name, conversations in self.conversations.items():
-            encoded = [
-                {k: v[: self.max_length] for k, v in template.encode(c).items()} for c in conversations
-            ]
-            total, tokens = 0.0, 0
-            for start in range(0, len(encoded), self.batch_size):
-                batch = collate(encoded[start : start + self.batch_size])
-                logits = model(
-                    input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device),
-                    use_cache=False,
-                ).logits
-                total += float(token_losses(logits, batch["labels"].to(device)).sum())
-                tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            loss = total / max(1, tokens)
-            metrics |= {f"{name}_loss": loss, f"{name}_ppl": math.exp(loss)}
-        model.train(was_training)
-        return metrics, []
+        encoded = [{k: v[: self.max_length] for k, v in template.encode(c).items()} for c in conversations]
+        losses: list[float] = []
+        tokens: list[int] = []
+        for start in range(0, len(encoded), self.batch_size):
+            batch = collate(encoded[start : start + self.batch_size])
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            ).logits
+            losses += token_losses(logits, batch["labels"].to(device)).sum(dim=1).double().tolist()
+            tokens += (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
+        return losses, tokens

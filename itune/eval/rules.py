@@ -11,6 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from itune.data.sources import read_jsonl
 from itune.data.templates import Template
+from itune.eval.items import ItemScores, item_ids, item_scores, means
+from itune.eval.runner import ScoredSuite
 from itune.generation import generate
 
 
@@ -70,6 +72,8 @@ def make_rule(name: str, spec: dict[str, Any]) -> Rule:
     unknown = sorted(set(spec) - set(valid))
     if unknown:
         raise ValueError(f"rule {name!r}: unknown key(s) {unknown}; valid keys: {valid}")
+    if name in ("id", "suite"):  # the item files' own keys
+        raise ValueError(f"rule name {name!r} is reserved; rename the rule")
     return Rule(name=name, **spec)
 
 
@@ -87,7 +91,7 @@ def read_prompts(path: str, field: str, limit: int | None) -> list[str]:
     return prompts
 
 
-class RulesSuite:
+class RulesSuite(ScoredSuite):
     """Generate greedy answers to a prompt set with the run's template and score them with rules.
 
     Args:
@@ -116,12 +120,16 @@ class RulesSuite:
         self.prompts = read_prompts(prompts, prompt_field, limit)
         self.max_new_tokens, self.batch_size, self.kind = max_new_tokens, batch_size, kind
 
-    def run(
+    def score(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
-    ) -> tuple[dict[str, float], list[dict[str, str]]]:
-        """Pass rate per rule and the (prompt, answer) samples."""
+    ) -> tuple[dict[str, float], list[dict[str, str]], ItemScores]:
+        """Pass rate per rule, the (prompt, answer) samples and each rule's pass (0/1) per prompt."""
         conversations = [[{"role": "user", "content": p}] for p in self.prompts]
         answers = generate(model, tokenizer, template, conversations, self.max_new_tokens, self.batch_size)
-        rates = {r.name: sum(r.check(a) for a in answers) / len(answers) for r in self.rules}
+        rows = [
+            {"id": i, **{r.name: int(r.check(a)) for r in self.rules}}
+            for i, a in zip(item_ids(self.prompts), answers, strict=True)
+        ]
+        rates = {r.name: sum(row[r.name] for row in rows) / len(rows) for r in self.rules}
         samples = [{"prompt": p, "answer": a} for p, a in zip(self.prompts, answers, strict=True)]
-        return rates, samples
+        return rates, samples, item_scores(means([r.name for r in self.rules]), rows)

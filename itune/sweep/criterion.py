@@ -1,7 +1,8 @@
 """A selection criterion on metrics.json: one metric to maximise (or minimise) subject to bounds on others.
 
 The same criterion picks the recommended run in itune-report and, with a penalty for violated bounds, is
-the objective itune-train returns to a sweeper (`optimized_metric`).
+the objective itune-train returns to a sweeper (`optimized_metric`). Unless given, the direction follows
+the metric's name: losses, perplexities and regression counts are minimised, everything else maximised.
 """
 
 from __future__ import annotations
@@ -13,12 +14,27 @@ from typing import Any, Literal
 
 DEFAULT_METRIC = "gain/domain_delta"
 DEFAULT_RETENTION = "forgetting/general_delta"
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "regressions")  # metric name endings
+Direction = Literal["maximize", "minimize"]
+
+
+def metric_direction(metric: str) -> Direction:
+    """`minimize` for names ending in loss, ppl, perplexity or regressions; `maximize` otherwise.
+
+    >>> metric_direction("val/general/loss"), metric_direction("gain/domain_delta")
+    ('minimize', 'maximize')
+    """
+    return "minimize" if metric.endswith(LOWER_IS_BETTER) else "maximize"
 
 
 @dataclass(frozen=True)
 class Criterion:
     """`direction` `metric` subject to `metrics[k] >= at_least[k]` and `metrics[k] <= at_most[k]`.
 
+    `direction=None` takes the metric's own (metric_direction).
+
+    >>> Criterion("val/loss").direction
+    'minimize'
     >>> c = Criterion.parse({"metric": "gain/domain_delta", "at_least": {"forgetting/general_delta": -0.05}})
     >>> c.describe()
     'maximize gain/domain_delta subject to forgetting/general_delta >= -0.05'
@@ -27,13 +43,17 @@ class Criterion:
     """
 
     metric: str = DEFAULT_METRIC
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction | None = None
     at_least: dict[str, float] = field(default_factory=dict)
     at_most: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.direction is None:
+            object.__setattr__(self, "direction", metric_direction(self.metric))
+
     @classmethod
     def parse(cls, spec: str | Mapping[str, Any] | None) -> Criterion:
-        """From a metric name or `{metric, direction, at_least, at_most}` (other keys are ignored)."""
+        """From a metric name or `{metric, direction, at_least, at_most, penalty}` (direction null: auto)."""
         if spec is None:
             return cls()
         if isinstance(spec, str):
@@ -43,8 +63,8 @@ class Criterion:
             raise ValueError(
                 f"criterion: unknown key(s) {sorted(unknown)}; valid: metric, direction, at_least, at_most"
             )
-        direction = spec.get("direction", "maximize")
-        if direction not in ("maximize", "minimize"):
+        direction = spec.get("direction")
+        if direction not in ("maximize", "minimize", None):
             raise ValueError(f"criterion.direction must be maximize or minimize, not {direction!r}")
         return cls(
             metric=spec.get("metric", DEFAULT_METRIC),
@@ -95,6 +115,21 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) else float(value)
+
+
+def objective_directions(spec: Any) -> list[Direction] | None:
+    """The direction(s) an `optimized_metric` spec reads as (None: no objective).
+
+    >>> objective_directions(["gain/domain_delta", "val/loss"])
+    ['maximize', 'minimize']
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, list | tuple):
+        return [metric_direction(str(k)) for k in spec]
+    direction = Criterion.parse(spec).direction
+    assert direction is not None
+    return [direction]
 
 
 def objective_value(metrics: Mapping[str, Any], spec: Any) -> float | tuple[float, ...] | None:

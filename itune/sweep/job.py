@@ -74,6 +74,17 @@ def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | None:
         check_objective(cfg)
         metrics, _ = train(cfg)
         value: Any = objective_value(metrics, _objective_spec(cfg))
+    except SystemExit as e:  # Ctrl-C or SIGTERM (itune.resume.TrainingInterrupted, Lightning's own exits)
+        if rank0:
+            write_status(
+                run_dir,
+                "interrupted",
+                overrides=overrides,
+                error=str(e) or f"exit status {e.code}",
+                resume=f"itune-train resume={run_dir}",
+                duration_s=round(time.time() - started, 1),
+            )
+        raise
     except Exception as e:
         if rank0:
             error = write_error(run_dir, e)

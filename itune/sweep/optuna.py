@@ -4,20 +4,25 @@ instantiates plugins from the `hydra_plugins` package); its config is conf/hydra
 
 Why not hydra-optuna-sweeper: its last release (1.3.0) pins optuna<3, and optuna 2.10's SQLite storage
 fails with SQLAlchemy 2 (which mlflow and alembic bring here), so a study could not be stored on disk or
-resumed. This sweeper keeps its command-line shape (`hydra/sweeper=itune_optuna`, `hydra.sweeper.params.<key>=
-interval(…)`, `n_trials`, `n_jobs`, `sampler`, `storage`, `study_name`, `direction`) on current Optuna.
+resumed. This sweeper keeps its shape (`hydra/sweeper=itune_optuna`, the space in `hydra.sweeper.params`,
+changed on the command line as `'optimizer.lr=interval(…)'`, `n_trials`, `n_jobs`, `sampler`, `storage`,
+`study_name`, `direction`) on current Optuna. (Hydra itself refuses sweep syntax in `hydra.*` overrides,
+so `hydra.sweeper.params.<key>=interval(…)` cannot work on the command line.)
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.override_parser.types import Override, Transformer
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -26,7 +31,6 @@ from optuna.distributions import (
 )
 
 log = logging.getLogger(__name__)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
 
 
 def distribution(override: Override) -> BaseDistribution | str:
@@ -53,17 +57,64 @@ def distribution(override: Override) -> BaseDistribution | str:
 
 
 def search_space(overrides: Sequence[Override]) -> tuple[dict[str, BaseDistribution], list[str]]:
-    """({key: distribution}, fixed `key=value` overrides) of parsed overrides."""
-    space: dict[str, BaseDistribution] = {}
-    fixed: list[str] = []
+    """({key: distribution}, fixed `key=value` overrides) of parsed overrides; the last one of a key wins.
+
+    The sweeper passes the preset's `hydra.sweeper.params` first and the command line after, so
+    `'optimizer.lr=interval(1e-4, 1e-3)'` replaces the preset's range, `optimizer.lr=1e-4` pins the key
+    (it is no longer searched) and a sweep on a new key joins the search.
+    """
+    entries: dict[str, tuple[str, BaseDistribution | str]] = {}
     for override in overrides:
-        key = override.get_key_element()
-        dist = distribution(override)
-        if isinstance(dist, BaseDistribution):
-            space[key] = dist
-        else:
-            fixed.append(f"{key}={dist}")
+        bare = override.key_or_group + (f"@{override.package}" if override.package else "")
+        entries.pop(bare, None)
+        entries[bare] = (override.get_key_element(), distribution(override))
+    space = {key: dist for key, dist in entries.values() if isinstance(dist, BaseDistribution)}
+    fixed = [f"{key}={dist}" for key, dist in entries.values() if not isinstance(dist, BaseDistribution)]
     return space, fixed
+
+
+def fill_placeholders(params: dict[str, str], values: dict[str, Any]) -> dict[str, str]:
+    """`hydra.sweeper.params` with `{name}` in a key replaced by `hydra.sweeper.vars.name`.
+
+    A key whose placeholder is null is left out (that part of the space is switched off).
+
+    >>> fill_placeholders({"data.sources.{general}.weight": "interval(0, 1)"}, {"general": "public"})
+    {'data.sources.public.weight': 'interval(0, 1)'}
+    """
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        names = re.findall(r"{(\w+)}", key)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(
+                f"hydra.sweeper.params key {key!r} uses {{{missing[0]}}}, which hydra.sweeper.vars does not "
+                f"set (vars: {sorted(values)})"
+            )
+        if any(values[n] is None for n in names):
+            log.info("hydra.sweeper.params: %s left out (its placeholder is null)", key)
+            continue
+        out[re.sub(r"{(\w+)}", lambda m: str(values[m.group(1)]), key)] = value
+    return out
+
+
+def check_space_keys(cfg: DictConfig, space: dict[str, BaseDistribution], hint: str = "") -> None:
+    """Fail before any trial when a searched key is not in the job's config (e.g. a source the mix lacks).
+
+    Keys added with `+` are not checked. `hint` ends the message (e.g. how to fill a preset's placeholder).
+    """
+    absent = object()
+    for key in space:
+        if key.startswith(("+", "~")) or "@" in key:
+            continue
+        if OmegaConf.select(cfg, key, default=absent, throw_on_resolution_failure=False) is not absent:
+            continue
+        parent = key.rpartition(".")[0]
+        while parent and not isinstance(OmegaConf.select(cfg, parent, default=None), DictConfig):
+            parent = parent.rpartition(".")[0]  # the deepest node that exists
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        raise ValueError(
+            f"searched key {key} is not in the config ({parent or 'the root'} has {sorted(node)}){hint}"
+        )
 
 
 def trial_overrides(trial: optuna.trial.Trial, space: dict[str, BaseDistribution]) -> list[str]:
@@ -96,6 +147,22 @@ def as_values(result: Any, n_objectives: int) -> list[float] | None:
     if len(values) != n_objectives or any(math.isnan(v) for v in values):
         return None
     return values
+
+
+def build_sampler(spec: Any, offset: int) -> optuna.samplers.BaseSampler | None:
+    """The sampler of a `_target_` spec with its `seed` moved on by `offset` (the study's existing trials).
+
+    A seeded sampler restarts its random sequence whenever it is built, so a resumed study would repeat
+    its first suggestions; seeding with seed + trials so far continues it, and stays reproducible.
+    A sampler object is used as it is; None: Optuna's default.
+    """
+    if spec is None or not isinstance(spec, DictConfig | dict):
+        return spec
+    node = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    assert isinstance(node, dict)
+    if offset and node.get("seed") is not None:
+        node["seed"] = int(node["seed"]) + offset
+    return instantiate(node)
 
 
 def ensure_storage_dir(storage: str | None) -> None:

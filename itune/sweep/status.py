@@ -8,6 +8,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from itune.errors import error_line, is_user_error
+
 STATUS_FILE = "status.json"
 ERROR_FILE = "error.txt"
 
@@ -20,16 +22,15 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def write_error(run_dir: Path, error: BaseException) -> str:
-    """error.txt with the full traceback; returns the one-line `Type: message`."""
+    """error.txt: the one-line error (as `itune-train` prints it), then the traceback; returns the line.
+
+    A bug (not a user error, itune.errors) keeps its type name in the line.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    line = error_line(error) if is_user_error(error) else f"{type(error).__name__}: {error_line(error)}"
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    (run_dir / ERROR_FILE).write_text(text, encoding="utf-8")
-    return one_line(error)
-
-
-def one_line(error: BaseException) -> str:
-    message = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {message[0] if message else ''}"
+    (run_dir / ERROR_FILE).write_text(f"{line}\n\n{text}", encoding="utf-8")
+    return line
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """OptunaSweeper: each trial is one itune-train job launched by the configured launcher; its return value
 (`optimized_metric` from metrics.json) is the objective. Seeded by the sampler; resumable: the study lives
-in `storage` (SQLite on disk by default), and rerunning the same command runs only the missing trials.
+in `storage` (SQLite on disk by default), and rerunning the same command runs only the missing trials,
+continuing the sampler's sequence. A study is tied to its fixed (non-searched) config (itune.sweep.study).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,25 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, flag_override
 
-from itune.sweep.optuna import FINISHED, as_values, ensure_storage_dir, search_space, trial_overrides
+from itune.sweep.criterion import objective_directions
+from itune.sweep.optuna import (
+    as_values,
+    build_sampler,
+    check_space_keys,
+    ensure_storage_dir,
+    fill_placeholders,
+    search_space,
+    trial_overrides,
+)
+from itune.sweep.study import (
+    check_fixed_config,
+    config_hash,
+    fixed_config,
+    mark_interrupted,
+    trials_done,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +49,24 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
 class OptunaSweeper(Sweeper):
     """Args (conf/hydra/sweeper/itune_optuna.yaml):
-    sampler: an Optuna sampler (or its `_target_` node), e.g. TPESampler with a seed.
+    sampler: an Optuna sampler's `_target_` node, e.g. TPESampler with a seed (a resumed study seeds it with
+        seed + its number of trials, so it continues instead of repeating its first suggestions).
     direction: maximize | minimize, or a list of them for several objectives.
-    study_name / storage: where the study lives (`sqlite:///…` is created on disk; null: in memory).
+    study_name: the study's name; `{hash}` in it is replaced by the hash of the fixed config, so another
+        fixed setup gets its own study (and sweep dir, when `hydra.sweep.dir` uses the name).
+    storage: where the study lives (`sqlite:///…` is created on disk; null: in memory).
     n_trials: trials the study should have in total; a resumed study runs only the missing ones.
     n_jobs: trials per batch, launched together (in parallel with joblib or submitit launchers).
-    params: {key: sweep override}, e.g. {optimizer.lr: "tag(log, interval(1e-5, 1e-3))"}.
+    params: {key: sweep}, e.g. {optimizer.lr: "tag(log, interval(1e-5, 1e-3))"}; `{name}` in a key is filled
+        from `vars` (a null var leaves the key out). Command-line sweeps and values of the same key win.
+    vars: {name: value} for the placeholders of `params` keys, e.g. {general_source: general}.
+    allow_changed_config: add trials to an existing study whose fixed config differs (default: refuse).
     """
 
     def __init__(
@@ -51,14 +78,17 @@ class OptunaSweeper(Sweeper):
         n_trials: int = 20,
         n_jobs: int = 1,
         params: Any = None,
+        vars: Any = None,  # noqa: A002 (the config key users type)
+        allow_changed_config: bool = False,
     ) -> None:
-        self.sampler = instantiate(sampler) if isinstance(sampler, DictConfig | dict) else sampler
-        plain = OmegaConf.to_container(direction) if isinstance(direction, ListConfig) else direction
+        del sampler  # built in `sweep` from its config node, seeded for the study's trials so far
+        plain = _plain(direction)
         self.directions = [str(d) for d in plain] if isinstance(plain, list | tuple) else [str(plain)]
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
-        plain = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
-        self.params = _flatten(plain)  # `hydra.sweeper.params.optimizer.lr=…` nests; `optimizer.lr:` does not
+        self.params = _flatten(_plain(params) or {})  # `+hydra.sweeper.params.a.b=…` nests; `a.b:` does not
+        self.vars: dict[str, Any] = dict(_plain(vars) or {})
+        self.allow_changed_config = bool(allow_changed_config)
         self.config: DictConfig | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -70,45 +100,100 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
-        space, fixed = search_space(parser.parse_overrides(args))
+        params = fill_placeholders(self.params, self.vars)
+        space, fixed = search_space(
+            parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + arguments)
+        )
         if not space:
             raise ValueError("hydra.sweeper.params has no sweep (choice/range/interval): nothing to search")
-        ensure_storage_dir(self.storage)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=self.sampler,
-            directions=self.directions,
-            load_if_exists=True,
-        )
-        done = sum(t.state in FINISHED for t in study.trials)
-        stale = sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
-        log.info(
-            "Optuna study %s in %s: %d of %d trials done", study.study_name, self.storage, done, self.n_trials
-        )
+        job_config = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+        hint = f"; hydra.sweeper.vars fill the preset's placeholders ({self.vars})" if self.vars else ""
+        check_space_keys(job_config, space, hint)
+        self._check_directions(job_config.get("optimized_metric"))
+        fixed_cfg = fixed_config(job_config, space)
+        study = self._open_study(config_hash(fixed_cfg))
+        check_fixed_config(study, fixed_cfg, self.allow_changed_config)
+        stale = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         if stale:
-            log.warning("%d trials were left RUNNING by an interrupted sweep; they are not counted", stale)
+            log.warning("trials %s were left RUNNING by a stopped sweep: marked FAIL (interrupted)", stale)
+            mark_interrupted(study, stale)
+        spec = self.config.hydra.sweeper.get("sampler")  # Hydra passes __init__ a built one: rebuild it
+        if spec is not None:
+            study.sampler = build_sampler(spec, len(study.trials))
+        done = trials_done(study)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        log.info(
+            "Optuna study %s in %s: %d of %d trials done; jobs in %s",
+            study.study_name,
+            self.storage,
+            done,
+            self.n_trials,
+            sweep_dir,
+        )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
-            batch = [tuple(fixed + trial_overrides(t, space)) for t in trials]
-            self.validate_batch_is_legal(batch)
-            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            for trial, ret in zip(trials, returns, strict=True):
-                try:
-                    values = as_values(ret.return_value, len(self.directions))
-                except Exception as e:  # the job raised: Hydra kept the exception
-                    log.warning("trial %d failed: %s", trial.number, e)
-                    values = None
-                if values is None:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                else:
-                    study.tell(trial, values)
+            self._run_batch(study, trials, fixed, space)
             done += len(trials)
         return self._save_results(study, sweep_dir)
+
+    def _check_directions(self, spec: Any) -> None:
+        """Warn when `hydra.sweeper.direction` goes against what `optimized_metric` names (e.g. a loss)."""
+        expected = objective_directions(_plain(spec))
+        if expected and expected != self.directions:
+            log.warning(
+                "hydra.sweeper.direction is %s but optimized_metric %s reads as %s: set "
+                "hydra.sweeper.direction=%s unless that is meant",
+                self.directions,
+                _plain(spec),
+                expected,
+                expected[0] if len(expected) == 1 else f"[{','.join(expected)}]",
+            )
+
+    def _open_study(self, digest: str) -> optuna.Study:
+        """Create or load the study; `{hash}` in its name becomes `digest`, for the jobs' config too."""
+        assert self.config is not None
+        name = self.study_name
+        if name and "{hash}" in name:
+            name = name.replace("{hash}", digest)
+            if not re.fullmatch(r"[\w.\-]+", name):
+                raise ValueError(
+                    f"hydra.sweeper.study_name {name!r}: use letters, digits, _ . - with {{hash}}"
+                )
+            with flag_override(self.config, ["struct", "readonly"], [False, False]):
+                self.config.hydra.sweeper.study_name = name  # hydra.sweep.dir may interpolate it
+                self.config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")  # for the jobs
+        ensure_storage_dir(self.storage)
+        return optuna.create_study(
+            study_name=name, storage=self.storage, directions=self.directions, load_if_exists=True
+        )
+
+    def _run_batch(
+        self, study: optuna.Study, trials: list[optuna.trial.Trial], fixed: list[str], space: dict[str, Any]
+    ) -> None:
+        """Launch one batch of trials and tell the study each result; none is left RUNNING."""
+        try:
+            batch = [tuple(fixed + trial_overrides(t, space)) for t in trials]
+            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+        except Exception as e:  # the launcher could not run it (e.g. a value the config refuses): FAIL, stop
+            for trial in trials:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.error("the launcher failed; trials %s marked FAIL: %s", [t.number for t in trials], e)
+            raise
+        except BaseException:  # Ctrl-C, SIGTERM: a resume runs these again
+            mark_interrupted(study, [t.number for t in trials])
+            raise
+        for trial, ret in zip(trials, returns, strict=True):
+            try:
+                values = as_values(ret.return_value, len(self.directions))
+            except Exception as e:  # the job raised: Hydra kept the exception
+                log.warning("trial %d failed: %s", trial.number, e)
+                values = None
+            if values is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, values)
 
     def _save_results(self, study: optuna.Study, sweep_dir: Path) -> Any:
         """optimization_results.yaml in the sweep dir: the best trial(s) with params and values."""
