@@ -17,31 +17,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from itune.data.templates import Message
+from itune.data.formats import to_conversation
 from itune.generation import generate
 from itune.run_loading import load_model
 
 log = logging.getLogger(__name__)
-
-
-def to_conversation(row: dict[str, Any], system_prompt: str | None = None, where: str = "") -> list[Message]:
-    """One input row → messages; a `system_prompt` is prepended when the row has no system turn.
-
-    >>> to_conversation({"prompt": "Hi"}, "Be brief.")
-    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
-    """
-    if isinstance(row.get("messages"), list):
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    elif isinstance(row.get("prompt"), str):
-        messages = [{"role": "user", "content": row["prompt"]}]
-    elif isinstance(row.get("instruction"), str):
-        text = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        messages = [{"role": "user", "content": text}]
-    else:
-        raise ValueError(f"{where}: expected a `prompt`, `messages` or `instruction` key, got {sorted(row)}")
-    if system_prompt is not None and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return messages
 
 
 def read_prompts(prompts: list[str] | None, input_path: str | None) -> list[dict[str, Any]]:

@@ -260,7 +260,8 @@ def test_itune_audit_fail_on_exits_2(tmp_path):
     files = fixtures(tmp_path)
     done = run_cli(files, tmp_path / "run", "fail_on=[pii]")
     assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1] == "data audit fail_on=[pii]: pii: 1 row redacted (email × 1)"
+    expected = "itune-audit: error: data audit fail_on=[pii]: pii: 1 row redacted (email × 1)"
+    assert done.stderr.strip().splitlines()[-1] == expected
     check_planted(tmp_path / "run")
 
 

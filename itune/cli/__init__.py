@@ -6,6 +6,7 @@ Importing any of them first registers a command-line `hydra.searchpath` as a sta
 
 import sys
 
+import itune.conf  # noqa: F401  (registers the structured-config schemas, e.g. for --info defaults)
 from itune.cli.searchpath import register_argv_searchpath
 
 register_argv_searchpath(sys.argv[1:])

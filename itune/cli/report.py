@@ -25,6 +25,22 @@ def positional_dirs_to_override(argv: list[str]) -> list[str]:
     return [a for a in argv if a not in dirs] + [f"sweeps=[{quoted}]"]
 
 
+def replace_bounds(argv: list[str]) -> list[str]:
+    """`criterion.at_least={...}` (or at_most) replaces the preset's bounds instead of merging into them.
+
+    >>> replace_bounds(["criterion.at_least={eval/x: 0.9}"])
+    ['~criterion.at_least', '+criterion.at_least={eval/x: 0.9}']
+    """
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("criterion.at_least", "criterion.at_most") and value.lstrip().startswith("{"):
+            out += [f"~{key}", f"+{key}={value}"]
+        else:
+            out.append(arg)
+    return out
+
+
 @hydra.main(config_path="pkg://itune.conf", config_name="report", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from itune.report import run_report  # lazily: --help needs no matplotlib
@@ -33,7 +49,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *positional_dirs_to_override(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *replace_bounds(positional_dirs_to_override(sys.argv[1:]))]
     _main()
 
 

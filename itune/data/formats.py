@@ -122,3 +122,32 @@ def to_messages(
         return fn(row)
     except RowError as e:
         raise RowError(f"{e}; format {format!r} expects fields {FIELDS[format]}") from None
+
+
+def to_conversation(row: dict[str, Any], system_prompt: str | None = None, where: str = "") -> list[Message]:
+    """A prompt row → the conversation to answer (eval prompt files, itune-generate input).
+
+    A row is `{"prompt": str}` (one user turn), `{"messages": [{role, content}, ...]}` (a system turn and
+    earlier turns, ending with the user turn to answer) or Alpaca-style `{"instruction", "input"}`; a
+    `system_prompt` is prepended when the row has no system turn.
+
+    >>> to_conversation({"prompt": "Hi"}, "Be brief.")
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
+    """
+    if isinstance(row.get("messages"), list):
+        try:
+            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        except (KeyError, TypeError):
+            raise ValueError(f"{where}: `messages` must be a list of {{role, content}} objects") from None
+    elif isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    elif isinstance(row.get("instruction"), str):
+        text = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        messages = [{"role": "user", "content": text}]
+    else:
+        raise ValueError(f"{where}: expected a `prompt`, `messages` or `instruction` key, got {sorted(row)}")
+    if system_prompt is not None and messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError(f"{where}: a conversation to answer must end with a user turn")
+    return messages

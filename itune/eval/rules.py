@@ -9,6 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from itune.data.formats import to_conversation
 from itune.data.sources import read_jsonl
 from itune.data.templates import Template
 from itune.eval.items import ItemScores, item_ids, item_scores, means
@@ -77,26 +78,58 @@ def make_rule(name: str, spec: dict[str, Any]) -> Rule:
     return Rule(name=name, **spec)
 
 
-def read_prompts(path: str, field: str, limit: int | None) -> list[str]:
-    """Prompts from a JSONL file, one object per line with the prompt under `field`."""
-    prompts = []
+@dataclasses.dataclass(frozen=True)
+class PromptRow:
+    """One prompt of a rules suite: the conversation to answer and the rules of this row alone."""
+
+    messages: list[dict[str, str]]
+    rules: tuple[Rule, ...] = ()
+
+
+def read_prompts(path: str, field: str, limit: int | None) -> list[PromptRow]:
+    """Prompt rows from a JSONL file: `{field: str}` or `{"messages": [...]}` (a system turn and earlier
+    turns, ending with the user turn to answer), each with optional `expect: {rule name: rule}`."""
+    rows = []
     for n, row in read_jsonl(path, "prompt file"):
-        if not isinstance(row.get(field), str):
-            raise ValueError(f"{path}, line {n}: expected an object with a string field {field!r}")
-        prompts.append(row[field])
-        if limit is not None and len(prompts) >= limit:
+        where = f"{path}, line {n}"
+        if isinstance(row.get(field), str):
+            row = {**row, "prompt": row[field]}
+        elif not isinstance(row.get("messages"), list):
+            raise ValueError(f"{where}: expected a string field {field!r} or a `messages` list")
+        expect = row.get("expect") or {}
+        if not isinstance(expect, dict):
+            raise ValueError(
+                f'{where}: `expect` must map rule names to rules, e.g. {{"fr": {{"regex": ...}}}}'
+            )
+        try:
+            rules = tuple(make_rule(name, dict(spec)) for name, spec in expect.items())
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        rows.append(PromptRow(to_conversation(row, where=where), rules))
+        if limit is not None and len(rows) >= limit:
             break
-    if not prompts:
+    if not rows:
         raise ValueError(f"prompt file {path} has no prompts")
-    return prompts
+    return rows
+
+
+def row_rules(suite_rules: list[Rule], row: PromptRow) -> list[Rule]:
+    """The suite's rules with the row's own added; a row rule replaces a suite rule of the same name."""
+    own = {r.name for r in row.rules}
+    return [r for r in suite_rules if r.name not in own] + list(row.rules)
 
 
 class RulesSuite(ScoredSuite):
     """Generate greedy answers to a prompt set with the run's template and score them with rules.
 
+    A prompt row is a single `prompt` or a whole conversation (`messages`, with a system prompt and
+    earlier turns, rendered by the template as in training), and may carry rules of its own (`expect`),
+    so one suite can check conditional behaviour: rows in French `expect` a French reply, the others
+    expect none. A rule's pass rate counts the rows it applies to.
+
     Args:
         prompts: JSONL file of prompts.
-        rules: {rule name: {ends_with, starts_with, regex, not_regex, max_words, valid_json}}.
+        rules: {rule name: {ends_with, starts_with, regex, not_regex, max_words, valid_json}} for every row.
         prompt_field: key of the prompt in each JSONL row.
         limit: use at most this many prompts.
         max_new_tokens: generation budget per answer.
@@ -107,29 +140,38 @@ class RulesSuite(ScoredSuite):
     def __init__(
         self,
         prompts: str,
-        rules: dict[str, dict[str, Any]],
+        rules: dict[str, dict[str, Any]] | None = None,
         prompt_field: str = "prompt",
         limit: int | None = None,
         max_new_tokens: int = 128,
         batch_size: int = 8,
         kind: str = "domain",
     ) -> None:
-        if not rules:
-            raise ValueError(f"a rules suite needs at least one rule (prompts: {prompts})")
-        self.rules = [make_rule(name, dict(spec)) for name, spec in rules.items()]
+        self.rules = [make_rule(name, dict(spec)) for name, spec in (rules or {}).items()]
         self.prompts = read_prompts(prompts, prompt_field, limit)
+        if not self.rules and not any(p.rules for p in self.prompts):
+            raise ValueError(
+                f"a rules suite needs a rule: give `rules`, or `expect` in the rows of {prompts}"
+            )
         self.max_new_tokens, self.batch_size, self.kind = max_new_tokens, batch_size, kind
 
     def score(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
     ) -> tuple[dict[str, float], list[dict[str, str]], ItemScores]:
         """Pass rate per rule, the (prompt, answer) samples and each rule's pass (0/1) per prompt."""
-        conversations = [[{"role": "user", "content": p}] for p in self.prompts]
+        conversations = [p.messages for p in self.prompts]
         answers = generate(model, tokenizer, template, conversations, self.max_new_tokens, self.batch_size)
+        keys = [json.dumps(c, ensure_ascii=False) if len(c) > 1 else c[0]["content"] for c in conversations]
         rows = [
-            {"id": i, **{r.name: int(r.check(a)) for r in self.rules}}
-            for i, a in zip(item_ids(self.prompts), answers, strict=True)
+            {"id": i, **{r.name: int(r.check(a)) for r in row_rules(self.rules, p)}}
+            for i, p, a in zip(item_ids(keys), self.prompts, answers, strict=True)
         ]
-        rates = {r.name: sum(row[r.name] for row in rows) / len(rows) for r in self.rules}
-        samples = [{"prompt": p, "answer": a} for p, a in zip(self.prompts, answers, strict=True)]
-        return rates, samples, item_scores(means([r.name for r in self.rules]), rows)
+        names = list(dict.fromkeys(name for row in rows for name in row if name != "id"))
+        rates = {
+            name: sum(r[name] for r in rows if name in r) / sum(name in r for r in rows) for name in names
+        }
+        samples = [
+            {"prompt": p.messages[-1]["content"], "answer": a}
+            for p, a in zip(self.prompts, answers, strict=True)
+        ]
+        return rates, samples, item_scores(means(names), rows)
