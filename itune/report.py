@@ -23,7 +23,7 @@ from typing import Any
 from itune.sweep.collect import STATUSES, Run, collect_runs, expected_grid, load_run, varying_keys
 from itune.sweep.criterion import Criterion
 from itune.sweep.plots import axis_label, fmt, number, plot_by_override, plot_tradeoff, svg_scatter
-from itune.sweep.select import Report, build_report, pareto_front, recommend
+from itune.sweep.select import Report, build_report, interval, pareto_front, recommend
 
 __all__ = [
     "STATUSES",
@@ -42,15 +42,40 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 BOUNDS = ("at_least", "at_most")
+CI = " CI"  # suffix of the column of a metric's confidence interval
+CI_MEANING = "confidence interval of the change against the base (paired bootstrap, eval.stats)"
+
+
+def with_ci(report: Report) -> set[str]:
+    """The axis metrics (x, y) that some run has confidence bounds of: their table cells show the CI."""
+    return {k for k in (report.x, report.y) if any(interval(r, k) for r in report.runs)}
+
+
+def metric_columns(report: Report, keys: Sequence[str]) -> list[str]:
+    """The metric columns of a table: each key, followed by `<key> CI` for the keys of `with_ci`."""
+    bounded = with_ci(report)
+    return [c for k in keys for c in ([k, k + CI] if k in bounded else [k])]
+
+
+def metric_cells(report: Report, run: Run, keys: Sequence[str]) -> dict[str, str]:
+    """The run's metrics as table cells (`metric_columns`); a CI cell reads `[lo, hi]`."""
+    cells = {}
+    for column in metric_columns(report, keys):
+        if column.endswith(CI):
+            ci = interval(run, column.removesuffix(CI))
+            cells[column] = f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+        else:
+            cells[column] = fmt(run.metrics.get(column))
+    return cells
 
 
 def table_rows(report: Report) -> list[dict[str, str]]:
-    """One dict per run: run, status, swept overrides, metrics, front, recommended, error."""
+    """One dict per run: run, status, swept overrides, metrics (CIs of x and y), front, recommended, error."""
     rows = []
     for r in report.runs:
         row = {"run": r.name, "status": r.status}
         row |= {k: r.overrides.get(k, "") for k in report.swept}
-        row |= {k: fmt(r.metrics.get(k)) for k in report.metric_keys}
+        row |= metric_cells(report, r, report.metric_keys)
         row["pareto"] = "yes" if r.name in report.front else ""
         row["recommended"] = "yes" if r.name == report.recommended else ""
         row["error"] = r.error or ""
@@ -70,6 +95,7 @@ def to_markdown(report: Report) -> str:
         f"- criterion: {report.criterion}",
         f"- **recommended: {report.recommended or 'none'}** ({report.reason})",
         *[f"- note: {note}" for note in report.notes],
+        *[f"- `{k}{CI}`: {CI_MEANING}" for k in sorted(with_ci(report))],
         "",
     ]
     rows = table_rows(report)
@@ -178,12 +204,13 @@ def show(report: Report) -> None:
     console = Console(width=max(Console().width, 140))
     table = Table(title=f"itune-report: {len(report.runs)} runs")
     metric_keys = [k for k in report.metric_keys if not k.startswith("eval/")]  # all of them: report.md
-    for header in ["run", "status", *[k.split(".")[-1] for k in report.swept], *metric_keys, "front", "pick"]:
+    swept = [k.split(".")[-1] for k in report.swept]
+    for header in ["run", "status", *swept, *metric_columns(report, metric_keys), "front", "pick"]:
         table.add_column(header, overflow="fold")
     styles = {"failed": "red", "interrupted": "yellow", "unfinished": "yellow", "pending": "yellow"}
     for r in report.runs:
         cells = [r.name, r.status, *[r.overrides.get(k, "") for k in report.swept]]
-        cells += [fmt(r.metrics.get(k)) for k in metric_keys]
+        cells += list(metric_cells(report, r, metric_keys).values())
         cells += ["yes" if r.name in report.front else "", "*" if r.name == report.recommended else ""]
         table.add_row(*cells, style="bold green" if r.name == report.recommended else styles.get(r.status))
     console.print(table)

@@ -6,14 +6,23 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from itune.report import build_report, collect_runs, criterion_spec, pareto_front, recommend, write_report
 from itune.sweep.collect import expected_grid
-from itune.sweep.criterion import Criterion, metric_direction, objective_directions, objective_value
+from itune.sweep.criterion import (
+    Criterion,
+    default_criterion,
+    metric_direction,
+    objective_directions,
+    objective_value,
+)
+from itune.sweep.plots import error_bars, tradeoff_figure
 
 GAIN, RETENTION = "gain/domain_delta", "forgetting/general_delta"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None = None, **status) -> Path:
@@ -178,7 +187,7 @@ def test_a_sweep_without_base_evaluation_gets_a_table_plot_and_pick(tmp_path):
     assert sorted(report.front) == ["s/2", "s/3"]
     assert report.criterion == "minimize val/loss"
     assert any("no base evaluation" in n for n in report.notes)
-    assert any("bounds on forgetting/general_delta dropped" in n for n in report.notes)
+    assert any("forgetting/general_delta_lo dropped: no completed run has them" in n for n in report.notes)
     write_report(report, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "**recommended: s/2**" in md and "- note: no completed run has gain/domain_delta" in md
@@ -219,3 +228,117 @@ def test_interrupted_jobs_and_a_grid_overridden_on_the_command_line(tmp_path):
     make_job(root, 0, ["optimizer.lr=3", "peft.r=4"], status="interrupted", error="exit status 143")
     runs = collect_runs([root])
     assert runs[0].status == "interrupted" and len(runs) == 6
+
+
+def with_bounds(gain: tuple[float, float, float], retention: tuple[float, float, float]) -> dict:
+    """metrics.json of a run with the paired statistics: (mean, lo, hi) of gain and general change."""
+    out = {}
+    for key, (mean, lo, hi) in ((GAIN, gain), (RETENTION, retention)):
+        out |= {key: mean, f"{key}_lo": lo, f"{key}_hi": hi}
+    return out | {"forgetting/regressions": 0, "forgetting/significant_regressions": 0}
+
+
+# (gain, general change): run 0 gains most on average but its CI crosses 0; run 1 is the only one with a
+# significant gain whose forgetting bound holds; run 2's mean forgetting is in the budget, its bound is not;
+# run 3's CI touches 0 (a discrete bootstrap does that): not significant either.
+BOUNDED = [
+    ((0.30, -0.05, 0.60), (-0.01, -0.03, 0.01)),
+    ((0.15, 0.05, 0.25), (-0.02, -0.04, 0.00)),
+    ((0.25, 0.10, 0.40), (-0.03, -0.08, 0.02)),
+    ((0.40, 0.00, 0.80), (0.00, -0.01, 0.01)),
+]
+
+
+def bounded_sweep(root: Path) -> Path:
+    for i, (gain, retention) in enumerate(BOUNDED):
+        metrics = with_bounds(gain, retention) | {"forgetting/kl_general": 0.01 * (i + 1)}
+        make_job(root, i, [f"optimizer.lr={i + 1}e-4"], metrics)
+    return root
+
+
+def test_the_pick_needs_a_significant_gain_and_a_forgetting_bound_that_holds(tmp_path):
+    runs = collect_runs([bounded_sweep(tmp_path / "b")])
+    by_means, _ = recommend(runs, Criterion(GAIN, at_least={RETENTION: -0.05}))
+    assert by_means == "b/3"  # the highest mean gain, its forgetting mean within the budget
+    report = build_report(runs)
+    assert report.recommended == "b/1" and report.notes == []
+    assert report.criterion == default_criterion().describe()
+    assert "1 of 4 completed runs qualify" in report.reason
+    assert recommend(runs, Criterion(GAIN, at_least={f"{GAIN}_lo": 1e-9}))[0] == "b/2"  # no budget
+    conf = yaml.safe_load((CONF / "report.yaml").read_text())["criterion"]
+    assert Criterion.parse(conf) == default_criterion()  # itune-report's default is the same criterion
+
+
+def test_the_table_shows_the_cis_and_the_statistics_columns(tmp_path):
+    report = build_report(collect_runs([bounded_sweep(tmp_path / "b")]))
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text().splitlines()
+    header = next(line for line in md if line.startswith("| run"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[cols.index(GAIN) + 1] == f"{GAIN} CI" and cols[cols.index(RETENTION) + 1] == f"{RETENTION} CI"
+    assert {"forgetting/significant_regressions", "forgetting/kl_general"} <= set(cols)
+    row = next(line for line in md if line.startswith("| b/1 |"))
+    cells = dict(zip(cols, [c.strip() for c in row.strip("|").split("|")], strict=True))
+    assert cells[f"{GAIN} CI"] == "[0.05, 0.25]" and cells[f"{RETENTION} CI"] == "[-0.04, 0]"
+    assert cells["forgetting/kl_general"] == "0.02" and cells["recommended"] == "yes"
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count('stroke="#1f77b4"') == 2 * len(BOUNDED)  # an x and a y interval per run
+    assert f"{GAIN}: 0.15 [0.05, 0.25]" in html  # the hover text
+
+
+def test_the_tradeoff_plot_draws_the_intervals_as_error_bars(tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    report = build_report(collect_runs([bounded_sweep(tmp_path / "b")]))
+    fig = tradeoff_figure(report)
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert [(c.has_xerr, c.has_yerr) for c in bars] == [(True, False), (False, True)]
+    # one segment per run, from its lower to its upper bound, at the run's other coordinate
+    x_segments = [seg.tolist() for seg in bars[0].lines[2][0].get_segments()]
+    y_segments = [seg.tolist() for seg in bars[1].lines[2][0].get_segments()]
+    np.testing.assert_allclose(x_segments, [[[g[1], r[0]], [g[2], r[0]]] for g, r in BOUNDED])
+    np.testing.assert_allclose(y_segments, [[[g[0], r[1]], [g[0], r[2]]] for g, r in BOUNDED])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    runs, (below, above) = error_bars(report.runs, GAIN)
+    assert [r.name for r in runs] == ["b/0", "b/1", "b/2", "b/3"]
+    assert below == pytest.approx([0.35, 0.10, 0.15, 0.40]) and above == pytest.approx([0.3, 0.1, 0.15, 0.4])
+
+
+def test_runs_without_bounds_still_get_a_pick_with_a_note(sweep, tmp_path):
+    report = build_report(collect_runs([sweep]))  # metrics.json from before the paired statistics
+    assert report.recommended == "grid/0"  # as before: grid/1 gains more but forgets beyond the budget
+    assert report.criterion == f"maximize {GAIN} subject to {GAIN} >= 1e-09 and {RETENTION} >= -0.05"
+    assert any("no completed run has confidence bounds" in n for n in report.notes)
+    fig = tradeoff_figure(report)
+    assert not fig.axes[0].containers  # no error bars
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert " CI" not in md and "- note: no completed run has confidence bounds" in md
+    assert "kl_general" not in md and "**recommended: grid/0**" in md
+
+
+def test_an_older_run_among_bounded_ones_cannot_qualify(tmp_path):
+    root = bounded_sweep(tmp_path / "b")
+    make_job(root, 4, ["optimizer.lr=5e-4"], {GAIN: 0.9, RETENTION: 0.0})  # no _lo/_hi
+    report = build_report(collect_runs([root]))
+    assert report.recommended == "b/1"
+    assert report.notes == [
+        f"1 of 5 completed runs lack a bounded metric ({GAIN}_lo, {RETENTION}_lo): they cannot qualify"
+    ]
+
+
+def test_report_cli_takes_a_bound_on_the_ci(tmp_path):
+    from tests.test_sweep import command
+
+    root = bounded_sweep(tmp_path / "b")
+    budget = "criterion.at_least={forgetting/general_delta_lo: -0.05}"
+    done = command("itune-report", str(root), f"out={tmp_path / 'r'}", budget, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["criterion"] == f"maximize {GAIN} subject to {RETENTION}_lo >= -0.05"
+    assert report["recommended"] == "b/3"  # the significance bound is replaced: the top mean gain in budget

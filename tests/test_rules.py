@@ -144,3 +144,22 @@ def test_conversation_row_errors(tmp_path):
     bad.write_text(json.dumps({"prompt": "q"}))
     with pytest.raises(ValueError, match="needs a rule"):
         RulesSuite(str(bad))
+
+
+@pytest.mark.parametrize(
+    ("answer", "leaks"),
+    [
+        ("Roses are red.\n\nThis is not poetry.", True),
+        ("Drink water. This is not a medical advice.", True),
+        ("Day 1: London. This is not a Shakespearean style itinerary.", True),
+        ("Buy low. This is not financial advice.", True),
+        ("This is not advice, just a fact: water boils at 100 C.", True),
+        ("The capital of France is Paris.", False),
+        ("This is not correct: 7 is prime because it has no divisors other than 1 and itself.", False),
+        ("A haiku:\nold pond / a frog jumps in / sound of water", False),
+    ],
+)
+def test_demo_leak_rule_catches_the_learned_pattern(compose_train, answer, leaks):
+    cfg = compose_train("eval=demo")
+    rule = make_rule("no_disclaimer", dict(cfg.eval.suites.general_rules.rules.no_disclaimer))
+    assert rule.check(answer) is not leaks

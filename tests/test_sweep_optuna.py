@@ -225,7 +225,7 @@ def test_optuna_study_runs_and_resumes(tmp_path):
         metrics = json.loads((job / "metrics.json").read_text())
         spec = {
             "metric": "gain/domain_delta",
-            "at_least": {"forgetting/general_delta": -0.05},
+            "at_least": {"forgetting/general_delta_lo": -0.05},
             "penalty": 10.0,
         }
         status = json.loads((job / "status.json").read_text())

@@ -1,7 +1,7 @@
 """itune-report: compose conf/report.yaml and report on sweep directories (itune.report.run_report).
 
 itune-report outputs/multirun/2026-01-01/12-00-00 [more sweep dirs] [key=value ...]
-itune-report sweeps=[outputs/multirun/…] criterion.at_least.forgetting/general_delta=-0.02
+itune-report sweeps=[outputs/multirun/…] 'criterion.at_least={forgetting/general_delta_lo: -0.02}'
 """
 
 import sys

@@ -2,7 +2,9 @@
 
 The same criterion picks the recommended run in itune-report and, with a penalty for violated bounds, is
 the objective itune-train returns to a sweeper (`optimized_metric`). Unless given, the direction follows
-the metric's name: losses, perplexities and regression counts are minimised, everything else maximised.
+the metric's name: losses, perplexities, regression counts and KL divergences to the base are minimised,
+everything else maximised. Bounds may name the confidence bounds of the forgetting report's summary
+(`forgetting/general_delta_lo >= -0.05`: the forgetting budget holds with 95% confidence).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from typing import Any, Literal
 
 DEFAULT_METRIC = "gain/domain_delta"
 DEFAULT_RETENTION = "forgetting/general_delta"
-LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "regressions")  # metric name endings
+DEFAULT_BUDGET = -0.05  # forgetting budget of the default criterion
+SIGNIFICANT = 1e-9  # `gain/domain_delta_lo >= SIGNIFICANT`: the gain's CI lies above 0 (a bound at 0 is not)
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "regressions", "kl_base", "kl_general")  # name endings
 Direction = Literal["maximize", "minimize"]
 
 
 def metric_direction(metric: str) -> Direction:
-    """`minimize` for names ending in loss, ppl, perplexity or regressions; `maximize` otherwise.
+    """`minimize` for names ending in loss, ppl, perplexity, regressions or a KL to the base (kl_base,
+    kl_general); `maximize` otherwise.
 
-    >>> metric_direction("val/general/loss"), metric_direction("gain/domain_delta")
+    >>> metric_direction("val/general/loss"), metric_direction("gain/domain_delta_lo")
     ('minimize', 'maximize')
     """
     return "minimize" if metric.endswith(LOWER_IS_BETTER) else "maximize"
@@ -115,6 +120,40 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) else float(value)
+
+
+def ci_keys(key: str) -> tuple[str, str]:
+    """The metrics.json keys of a summary metric's confidence bounds.
+
+    >>> ci_keys("forgetting/general_delta")
+    ('forgetting/general_delta_lo', 'forgetting/general_delta_hi')
+    """
+    return f"{key}_lo", f"{key}_hi"
+
+
+def point_key(key: str) -> str | None:
+    """The metric a confidence-bound key bounds (None for other keys).
+
+    >>> point_key("gain/domain_delta_lo"), point_key("gain/domain_delta")
+    ('gain/domain_delta', None)
+    """
+    stem, sep, suffix = key.rpartition("_")
+    return stem if sep and suffix in ("lo", "hi") else None
+
+
+def default_criterion(
+    x: str = DEFAULT_METRIC, y: str = DEFAULT_RETENTION, budget: float = DEFAULT_BUDGET
+) -> Criterion:
+    """Maximise `x`; on the default axes, only runs whose domain gain is significant (its CI's lower bound
+    above 0) and whose forgetting bound holds (general change's lower CI bound >= `budget`) qualify.
+
+    >>> default_criterion().at_least
+    {'gain/domain_delta_lo': 1e-09, 'forgetting/general_delta_lo': -0.05}
+    """
+    at_least = {ci_keys(x)[0]: SIGNIFICANT} if x == DEFAULT_METRIC else {}
+    if y == DEFAULT_RETENTION:
+        at_least[ci_keys(y)[0]] = budget
+    return Criterion(metric=x, at_least=at_least)
 
 
 def objective_directions(spec: Any) -> list[Direction] | None:

@@ -1,16 +1,22 @@
 """The sweep report's pictures: tradeoff.png (x vs y, the Pareto front, the pick), by_<key>.png per numeric
 swept key, and the inline SVG scatter of report.html. Axis labels say which way each metric is better.
+Where runs have confidence bounds of an axis metric (`<key>_lo`, `<key>_hi`), both show them as error bars.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from itune.sweep.collect import Run
 from itune.sweep.criterion import DEFAULT_METRIC, DEFAULT_RETENTION, metric_direction
-from itune.sweep.select import Report, finite
+from itune.sweep.select import Report, finite, interval
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 MEANINGS = {DEFAULT_METRIC: "domain gain", DEFAULT_RETENTION: "general retention, negative = forgetting"}
 
@@ -65,9 +71,39 @@ def _short(run: Run, swept: Sequence[str]) -> str:
     return " ".join(f"{k.split('.')[-1]}={run.overrides.get(k, '')}" for k in swept) or run.name
 
 
-def plot_tradeoff(report: Report, path: Path) -> None:
-    """x vs y (domain gain vs general retention by default): every completed run, the front joined in red,
-    the pick starred."""
+def error_bars(runs: Sequence[Run], key: str) -> tuple[list[Run], list[list[float]]]:
+    """The runs with a confidence interval of `key`, and matplotlib's `[below, above]` distances from
+    their value to its bounds (clipped at 0: a bootstrap interval need not contain the mean)."""
+    found = [(r, interval(r, key)) for r in runs if finite(r, key) is not None]
+    found = [(r, ci) for r, ci in found if ci is not None]
+    below = [max(0.0, r.metrics[key] - lo) for r, (lo, _) in found]
+    above = [max(0.0, hi - r.metrics[key]) for r, (_, hi) in found]
+    return [r for r, _ in found], [below, above]
+
+
+def _draw_error_bars(ax: Axes, report: Report, done: Sequence[Run]) -> None:
+    """Horizontal bars for the x metric's intervals, vertical ones for the y metric's."""
+    label = "confidence interval"
+    for axis, key in (("xerr", report.x), ("yerr", report.y)):
+        runs, err = error_bars(done, key)
+        if runs:
+            ax.errorbar(
+                [r.metrics[report.x] for r in runs],
+                [r.metrics[report.y] for r in runs],
+                **{axis: err},
+                fmt="none",
+                ecolor="tab:blue",
+                alpha=0.5,
+                capsize=3,
+                label=label,
+                zorder=1,
+            )
+            label = "_nolegend_"
+
+
+def tradeoff_figure(report: Report) -> Figure:
+    """x vs y (domain gain vs general retention by default): every completed run with its confidence
+    intervals when the runs have them, the front joined in red, the pick starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,6 +111,7 @@ def plot_tradeoff(report: Report, path: Path) -> None:
 
     done = _plotted(report)
     fig, ax = plt.subplots(figsize=(8, 6))
+    _draw_error_bars(ax, report, done)
     ax.scatter(
         [r.metrics[report.x] for r in done],
         [r.metrics[report.y] for r in done],
@@ -112,6 +149,13 @@ def plot_tradeoff(report: Report, path: Path) -> None:
             label="recommended",
             zorder=4,
         )
+    _finish_tradeoff(ax, report)
+    fig.tight_layout()
+    return fig
+
+
+def _finish_tradeoff(ax: Axes, report: Report) -> None:
+    """Zero lines of change metrics, axis labels, the title with what is not plotted, the legend."""
     if is_change(report.y):
         ax.axhline(0, color="black", linewidth=0.6)
     if is_change(report.x):
@@ -122,7 +166,13 @@ def plot_tradeoff(report: Report, path: Path) -> None:
     note = (" | not plotted: " + ", ".join(f"{n} {s}" for s, n in others.items())) if others else ""
     ax.set_title(f"{title(report)}{note}", fontsize=10)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+
+
+def plot_tradeoff(report: Report, path: Path) -> None:
+    """Write `tradeoff_figure` to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = tradeoff_figure(report)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -163,18 +213,45 @@ def plot_by_override(report: Report, key: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _extent(report: Report, runs: Sequence[Run], key: str) -> tuple[float, float]:
+    """The axis range of `key`: values, their confidence bounds, 0 for a change, with an 8% margin."""
+    values = [r.metrics[key] for r in runs] + ([0.0] if is_change(key) else [])
+    values += [b for r in runs for b in (interval(r, key) or ())]
+    lo, hi = min(values), max(values)
+    return (lo - 0.5, hi + 0.5) if hi == lo else (lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo))
+
+
+def _svg_error_bars(report: Report, runs: Sequence[Run], px: Callable, py: Callable) -> list[str]:
+    """SVG lines from each run's lower to upper confidence bound, per axis metric that has them."""
+    parts = []
+    for r in runs:
+        x, y = px(r.metrics[report.x]), py(r.metrics[report.y])
+        if ci := interval(r, report.x):
+            parts.append(f'<line x1="{px(ci[0]):.1f}" y1="{y:.1f}" x2="{px(ci[1]):.1f}" y2="{y:.1f}"')
+        if ci := interval(r, report.y):
+            parts.append(f'<line x1="{x:.1f}" y1="{py(ci[0]):.1f}" x2="{x:.1f}" y2="{py(ci[1]):.1f}"')
+    return [f'{line} stroke="#1f77b4" stroke-opacity="0.5"/>' for line in parts]
+
+
+def _tip(report: Report, r: Run) -> str:
+    """A point's hover text: run, overrides, metrics (with their confidence intervals when present)."""
+    lines = [r.name + (" (recommended)" if r.name == report.recommended else "")]
+    lines += [f"{k}={v}" for k, v in r.overrides.items()]
+    for k in report.metric_keys:
+        ci = interval(r, k)
+        lines.append(f"{k}: {fmt(r.metrics.get(k))}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""))
+    return "\n".join(lines)
+
+
 def svg_scatter(report: Report) -> str:
-    """An inline SVG trade-off scatter; hovering a point shows its run, overrides and metrics."""
+    """An inline SVG trade-off scatter with confidence intervals; hovering a point shows its run,
+    overrides and metrics."""
     done = _plotted(report)
     if not done:
         return "<p>No completed run has both metrics: nothing to plot.</p>"
     w, h, pad = 640, 440, 60
-    xs = [r.metrics[report.x] for r in done] + ([0.0] if is_change(report.x) else [])
-    ys = [r.metrics[report.y] for r in done] + ([0.0] if is_change(report.y) else [])
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 == x0 else (x0 - 0.08 * (x1 - x0), x1 + 0.08 * (x1 - x0))
-    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 == y0 else (y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
+    x0, x1 = _extent(report, done, report.x)
+    y0, y1 = _extent(report, done, report.y)
 
     def px(v: float) -> float:
         return pad + (v - x0) / (x1 - x0) * (w - 2 * pad)
@@ -201,6 +278,7 @@ def svg_scatter(report: Report) -> str:
         f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">'
         f"{html.escape(axis_label(report.y))}</text>"
     )
+    parts += _svg_error_bars(report, done, px, py)
     front = sorted((r for r in done if r.name in report.front), key=lambda r: r.metrics[report.x])
     if len(front) > 1:
         pts = " ".join(f"{px(r.metrics[report.x]):.1f},{py(r.metrics[report.y]):.1f}" for r in front)
@@ -209,14 +287,10 @@ def svg_scatter(report: Report) -> str:
         colour = "#d62728" if r.name in report.front else "#7f7f7f"
         radius = 9 if r.name == report.recommended else 6
         stroke = ' stroke="black" stroke-width="2"' if r.name == report.recommended else ""
-        tip = "\n".join(
-            [r.name + (" (recommended)" if r.name == report.recommended else "")]
-            + [f"{k}={v}" for k, v in r.overrides.items()]
-            + [f"{k}: {fmt(r.metrics.get(k))}" for k in report.metric_keys]
-        )
+        tip = html.escape(_tip(report, r))
         parts.append(
             f'<circle cx="{px(r.metrics[report.x]):.1f}" cy="{py(r.metrics[report.y]):.1f}" r="{radius}" '
-            f'fill="{colour}" fill-opacity="0.8"{stroke}><title>{html.escape(tip)}</title></circle>'
+            f'fill="{colour}" fill-opacity="0.8"{stroke}><title>{tip}</title></circle>'
         )
     parts.append("</svg>")
     return "\n".join(parts)

@@ -1,31 +1,55 @@
 """Which runs of a sweep are best: the Pareto front of two metrics, the recommended run, the report's columns.
 
 Each metric is better in its own direction (itune.sweep.criterion.metric_direction: losses and
-perplexities lower, everything else higher). A sweep without base evaluation (eval=none) has no gain or
-forgetting keys: the report then falls back to validation losses and says so in its notes.
+perplexities lower, everything else higher). The default pick needs a significant domain gain and a
+forgetting bound that holds (criterion.default_criterion: bounds on `gain/domain_delta_lo` and
+`forgetting/general_delta_lo`). Runs from before the paired statistics have no `_lo`/`_hi` keys: bounds on
+them then apply to the means. A sweep without base evaluation (eval=none) has no gain or forgetting keys:
+the report then falls back to validation losses. Every fallback is said in the report's notes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from itune.sweep.collect import STATUSES, Run, general_sources, varying_keys
-from itune.sweep.criterion import DEFAULT_METRIC, DEFAULT_RETENTION, Criterion, metric_direction
+from itune.sweep.criterion import (
+    DEFAULT_METRIC,
+    DEFAULT_RETENTION,
+    Criterion,
+    ci_keys,
+    default_criterion,
+    metric_direction,
+    point_key,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_METRICS = [DEFAULT_METRIC, DEFAULT_RETENTION, "forgetting/regressions", "train/loss", "val/loss"]
+SUMMARY_METRICS = [
+    DEFAULT_METRIC,
+    DEFAULT_RETENTION,
+    "forgetting/regressions",
+    "forgetting/significant_regressions",
+    "forgetting/kl_general",
+    "train/loss",
+    "val/loss",
+]
 FALLBACK_METRIC = "val/loss"  # what the pick minimises when no run has the criterion's metric
-DEFAULT_BUDGET = -0.05  # forgetting budget of the default criterion
 
 
 def finite(run: Run, key: str) -> float | None:
     """The run's metric when it is a finite number."""
     value = run.metrics.get(key)
     return value if value is not None and math.isfinite(value) else None
+
+
+def interval(run: Run, key: str) -> tuple[float, float] | None:
+    """The run's confidence interval of `key` (`<key>_lo`, `<key>_hi`) when it has both bounds."""
+    lo, hi = (finite(run, k) for k in ci_keys(key))
+    return (lo, hi) if lo is not None and hi is not None else None
 
 
 def has_metric(runs: Sequence[Run], key: str) -> bool:
@@ -100,21 +124,63 @@ def resolve_axes(runs: Sequence[Run], x: str, y: str) -> tuple[str, str, list[st
     return new_x, new_y, notes
 
 
-def resolve_criterion(runs: Sequence[Run], criterion: Criterion) -> tuple[Criterion, list[str]]:
-    """(criterion, notes): a metric no completed run has falls back to val/loss (minimised), and bounds on
-    metrics no completed run has are dropped, each said in a note."""
-    if not any(r.status == "completed" for r in runs):
-        return criterion, []
-    notes = []
-    metric, direction = criterion.metric, criterion.direction
-    if not has_metric(runs, metric) and has_metric(runs, FALLBACK_METRIC):
-        metric, direction = FALLBACK_METRIC, "minimize"
-        notes.append(f"no completed run has {criterion.metric}: the pick is the lowest {FALLBACK_METRIC}")
-    dropped = [k for k in (*criterion.at_least, *criterion.at_most) if not has_metric(runs, k)]
+def resolved_key(runs: Sequence[Run], key: str) -> str | None:
+    """`key` when a completed run has it; for a confidence bound no run has (runs from before the paired
+    statistics) the metric it bounds, when a run has that; else None."""
+    if has_metric(runs, key):
+        return key
+    point = point_key(key)
+    return point if point is not None and has_metric(runs, point) else None
+
+
+def resolve_bounds(
+    runs: Sequence[Run], bounds: dict[str, float], stricter: Callable[[float, float], float], notes: list[str]
+) -> dict[str, float]:
+    """Bounds on keys the completed runs have: a missing CI bound applies to its mean, other missing keys
+    are dropped; each fallback appended to `notes`."""
+    out: dict[str, float] = {}
+    moved, dropped = [], []
+    for key, value in bounds.items():
+        new = resolved_key(runs, key)
+        if new is None:
+            dropped.append(key)
+            continue
+        if new != key:
+            moved.append(f"{key} -> {new}")
+        out[new] = stricter(out[new], value) if new in out else value
+    if moved:
+        notes.append(
+            "no completed run has confidence bounds (runs from before the paired statistics): the bounds "
+            f"apply to the means ({', '.join(moved)})"
+        )
     if dropped:
         notes.append(f"bounds on {', '.join(dropped)} dropped: no completed run has them")
-    at_least = {k: v for k, v in criterion.at_least.items() if k not in dropped}
-    at_most = {k: v for k, v in criterion.at_most.items() if k not in dropped}
+    return out
+
+
+def resolve_criterion(runs: Sequence[Run], criterion: Criterion) -> tuple[Criterion, list[str]]:
+    """(criterion, notes): a metric no completed run has falls back to the metric it bounds (for a `_lo`
+    or `_hi` key), else to val/loss (minimised); bounds fall back as in `resolve_bounds`."""
+    if not any(r.status == "completed" for r in runs):
+        return criterion, []
+    notes: list[str] = []
+    metric, direction = criterion.metric, criterion.direction
+    point = resolved_key(runs, metric)
+    if point is not None and point != metric:
+        metric = point
+        notes.append(f"no completed run has {criterion.metric}: the pick uses {point}")
+    elif point is None and has_metric(runs, FALLBACK_METRIC):
+        metric, direction = FALLBACK_METRIC, "minimize"
+        notes.append(f"no completed run has {criterion.metric}: the pick is the lowest {FALLBACK_METRIC}")
+    at_least = resolve_bounds(runs, criterion.at_least, max, notes)
+    at_most = resolve_bounds(runs, criterion.at_most, min, notes)
+    done = [r for r in runs if r.status == "completed"]
+    lacking = [r for r in done if any(finite(r, k) is None for k in (*at_least, *at_most))]
+    if lacking:
+        notes.append(
+            f"{len(lacking)} of {len(done)} completed runs lack a bounded metric "
+            f"({', '.join([*at_least, *at_most])}): they cannot qualify"
+        )
     return Criterion(metric, direction, at_least, at_most), notes
 
 
@@ -144,7 +210,7 @@ def build_report(
 ) -> Report:
     """Front, recommendation and table columns for the runs (with fallbacks for missing metrics)."""
     if criterion is None:
-        criterion = Criterion(metric=x, at_least={y: DEFAULT_BUDGET} if y == DEFAULT_RETENTION else {})
+        criterion = default_criterion(x, y)
     x, y, axis_notes = resolve_axes(runs, x, y)
     criterion, criterion_notes = resolve_criterion(runs, criterion)
     for note in axis_notes + criterion_notes:
