@@ -43,6 +43,7 @@ class TrainSchema:
     save_model: bool = True
     kl_base: Any = "auto"  # reference of val/<source>/kl_base: auto | adapter | frozen_copy | off, or a bool
     optimized_metric: Any = None  # what itune-train returns to a sweeper (itune.sweep.criterion)
+    optuna_trial: Any = None  # {storage, study, number}: set by the Optuna sweeper (itune.sweep.pruning)
     model: Any = None
     data: Any = None
     template: Any = None
@@ -50,6 +51,8 @@ class TrainSchema:
     optimizer: Any = None
     scheduler: Any = None
     peft: Any = None
+    regularizer: Any = None  # a training-loss term (conf/regularizer/, itune/regularizers.py)
+    peft_init_rows: int = 64  # peft=corda: training rows of eval.general_sources CorDA's init is computed on
     trainer: Any = None
     logger: Any = None
     callbacks: Any = None

@@ -18,12 +18,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import GenerationConfig
 
 import itune
 from itune import run_dir as rd
 from itune.data.templates import RoleTemplate, Template, TokenizerTemplate
+from itune.interpolate import interpolate_model
 from itune.run_loading import load_run, run_config, saved_template
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,9 @@ def chat_template(template: Template) -> str:
     return "".join(parts)
 
 
-def model_card(run_dir: Path, cfg: DictConfig, template: dict[str, Any], merged: bool, out: Path) -> str:
+def model_card(
+    run_dir: Path, cfg: DictConfig, template: dict[str, Any], merged: bool, out: Path, scale: float = 1.0
+) -> str:
     """README.md of an exported model: how to load it, and the lineage of the run it came from."""
     metrics = {}
     if (run_dir / rd.METRICS_FILE).is_file():
@@ -85,6 +89,9 @@ def model_card(run_dir: Path, cfg: DictConfig, template: dict[str, Any], merged:
         "template": template["name"],
         "template fingerprint": template["fingerprint"],
         "run directory": str(run_dir.resolve()),
+        "interpolation scale": f"{scale:g} (base + scale * (tuned - base))"
+        if scale != 1
+        else "1 (as trained)",
         "itune version": itune.__version__,
     }
     lines = "\n".join(f"| {k} | `{v}` |" for k, v in lineage.items())
@@ -174,6 +181,7 @@ def export_run(
     template_override_cfg: DictConfig | None = None,
     dtype: str | None = None,
     overwrite: bool = False,
+    scale: float = 1.0,
 ) -> Path:
     """Write a run as a standard model directory (see the module docstring); returns its path.
 
@@ -184,6 +192,8 @@ def export_run(
         allow_template_mismatch, template_override_cfg: as in `itune.run_loading.load_run`.
         dtype: torch dtype name of the written weights; None keeps the run's.
         overwrite: replace an existing `out`.
+        scale: WiSE-FT: export base + scale * (tuned - base) (`itune.interpolate.interpolate_model`; a LoRA
+            adapter stays an adapter with `merge=false`); 1 exports the weights as trained.
     """
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
@@ -191,8 +201,11 @@ def export_run(
             raise FileExistsError(f"{out} exists; choose another out=... or set overwrite=true")
         shutil.rmtree(out)
     model, tokenizer, template = load_run(
-        run_dir, allow_template_mismatch, template_override_cfg, merged=merge, dtype=dtype
+        run_dir, allow_template_mismatch, template_override_cfg, merged=merge and scale == 1, dtype=dtype
     )
+    cfg = run_config(run_dir)
+    if scale != 1:
+        model = interpolate_model(model, scale, lambda: instantiate(cfg.model.lm), merge)
     tokenizer.chat_template = chat_template(template)
     stop = template.stop_token_ids
     model.generation_config = GenerationConfig(
@@ -200,7 +213,6 @@ def export_run(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    cfg = run_config(run_dir)
     adapter_only = hasattr(model, "peft_config")
     if adapter_only:  # the adapter must name its base model for peft/transformers to load it
         _name_adapter_base(model, cfg)
@@ -212,9 +224,9 @@ def export_run(
     saved = saved_template(run_dir)
     (out / "itune_template.json").write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
     kind = export_kind(run_dir, merge)
-    card = model_card(run_dir, cfg, saved, kind == "LoRA merged into the base", out)
+    card = model_card(run_dir, cfg, saved, kind == "LoRA merged into the base", out, scale)
     (out / "README.md").write_text(card, encoding="utf-8")
-    log.info("exported %s → %s (%s)", run_dir, out, kind)
+    log.info("exported %s → %s (%s, scale %g)", run_dir, out, kind, scale)
     return out
 
 
@@ -231,4 +243,5 @@ def run_export(cfg: DictConfig) -> Path:
         template_override_cfg=cfg.get("template"),
         dtype=cfg.get("dtype"),
         overwrite=cfg.overwrite,
+        scale=float(cfg.get("scale", 1.0)),
     )

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
+import functools
 import logging
+import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -152,11 +158,112 @@ def check_peft_saveable(peft_config: PeftConfig | None) -> None:
             ) from e
 
 
-def apply_peft(model: PreTrainedModel, peft_config: PeftConfig | None) -> PreTrainedModel | PeftModel:
-    """Wrap `model` with a peft adapter, or return it unchanged for full fine-tuning."""
+# peft inits that move the base weights: the adapter starts on the top singular directions (PiSSA, CorDA)
+# or an orthonormal basis (OLoRA) of W and the base keeps W minus that part: the adapter disabled is not the
+# base model
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+UNSUPPORTED_INITS = ("eva", "lora_ga")  # need a data or gradient pass after wrapping that itune does not run
+
+
+def base_changing_init(model_or_config: nn.Module | PeftConfig | None) -> str | None:
+    """The `init_lora_weights` of a peft model or config when it changes the base weights, else None.
+
+    >>> from peft import LoraConfig
+    >>> base_changing_init(LoraConfig(init_lora_weights="pissa_niter_4")), base_changing_init(LoraConfig())
+    ('pissa_niter_4', None)
+    """
+    if isinstance(model_or_config, PeftConfig):
+        configs = [model_or_config]
+    else:
+        configs = list(getattr(model_or_config, "peft_config", {}).values())
+    for config in configs:
+        init = getattr(config, "init_lora_weights", True)
+        if isinstance(init, str) and init.startswith(BASE_CHANGING_INITS):
+            return init
+    return None
+
+
+def _expand_all_linear(model: nn.Module, config: PeftConfig) -> PeftConfig:
+    """A copy of `config` whose `target_modules="all-linear"` names the model's linear layers (not the
+    LM head), as peft does when wrapping; CorDA's preprocessing needs the names before that."""
+    if getattr(config, "target_modules", None) != "all-linear":
+        return config
+    head = model.get_output_embeddings()
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head
+    }
+    config = copy.copy(config)
+    config.target_modules = names
+    return config
+
+
+def _preprocess_corda(
+    model: nn.Module, config: PeftConfig, calibration: Iterable[Sequence[int]] | None
+) -> None:
+    """Run CorDA's covariance collection on `calibration` (token id rows, one forward each, no grad)."""
+    from peft.tuners.lora.corda import preprocess_corda
+
+    rows = [list(r) for r in calibration or []]
+    if not rows:
+        raise ValueError(
+            "peft.init_lora_weights=corda needs calibration rows (peft_init_rows training rows of "
+            "eval.general_sources); the training mixture has none: add a general source or pick another init"
+        )
+    device = next(model.parameters()).device
+
+    def run_model() -> None:  # CorDA's hooks take one unpadded sequence per forward
+        for ids in rows:
+            model(input_ids=torch.tensor([ids], device=device), use_cache=False)
+
+    was_training = model.training
+    preprocess_corda(model, config, run_model=run_model)
+    model.train(was_training)
+    log.info("CorDA (%s): covariance of %d rows", config.corda_config.corda_method, len(rows))
+
+
+def _convert_on_save(model: PeftModel) -> None:
+    """Make `model.save_pretrained` write a standard LoRA adapter (rank 2r) for the original base weights.
+
+    For inits that change the base weights, peft converts the trained adapter when given the adapter as
+    initialised (`path_initial_model_for_weight_conversion`): saved here, in a scratch folder removed at
+    exit. The saved adapter then loads on the plain base model (eval, export, interpolation, chat).
+    """
+    scratch = tempfile.mkdtemp(prefix="itune-initial-adapter-")
+    atexit.register(shutil.rmtree, scratch, True)
+    model.save_pretrained(scratch)
+    model.save_pretrained = functools.partial(  # type: ignore[method-assign]
+        model.save_pretrained, path_initial_model_for_weight_conversion=scratch
+    )
+
+
+def apply_peft(
+    model: PreTrainedModel,
+    peft_config: PeftConfig | None,
+    calibration: Iterable[Sequence[int]] | None = None,
+) -> PreTrainedModel | PeftModel:
+    """Wrap `model` with a peft adapter, or return it unchanged for full fine-tuning.
+
+    `peft.init_lora_weights` picks the adapter's init (conf/peft/lora.yaml lists them); `corda` runs
+    CorDA's preprocessing on `calibration` (token id rows) first. For inits that change the base weights
+    (PiSSA, OLoRA, CorDA) the run's adapter is saved converted to a plain LoRA for the original base.
+
+    Raises:
+        ValueError: for an init itune cannot run (EVA, LoRA-GA), or CorDA without calibration rows.
+    """
     if peft_config is None:
         return model
+    init = getattr(peft_config, "init_lora_weights", True)
+    if isinstance(init, str) and init.startswith(UNSUPPORTED_INITS):
+        raise ValueError(
+            f"peft.init_lora_weights={init} needs a pass over data after wrapping that itune does not run; "
+            "use true, gaussian, orthogonal, pissa, pissa_niter_<n>, olora or corda"
+        )
+    if init == "corda":
+        peft_config = _expand_all_linear(model, peft_config)
+        _preprocess_corda(model, peft_config, calibration)
     wrapped = get_peft_model(model, peft_config)
+    if base_changing_init(peft_config):
+        _convert_on_save(wrapped)
     trainable, total = wrapped.get_nb_trainable_parameters()
     log.info(
         "peft: %s trainable of %s parameters (%.2f%%)",

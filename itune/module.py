@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -13,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from itune.data.templates import IGNORE_INDEX
-from itune.losses import token_kl
+from itune.losses import HeadSplit, chunked_token_losses, head_split_error, split_lm_head, token_kl
+from itune.model import base_changing_init
+
+if TYPE_CHECKING:
+    from itune.regularizers import Regularizer
+
+log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # batch keys every model gets
 FLASH_VARLEN_INPUTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # packed, flash only
@@ -46,23 +53,31 @@ def model_inputs(batch: dict[str, Any], flash: bool) -> dict[str, Any]:
     return inputs
 
 
-def resolve_kl_base(kl_base: bool | str, peft: bool) -> str:
+def resolve_kl_base(kl_base: bool | str, peft: bool, base_changed: str | None = None) -> str:
     """The reference model of `val/<source>/kl_base`: "off", "adapter" or "frozen_copy".
 
     `auto` (the default) is `adapter` under peft (free: the same weights with the adapter disabled) and
     `off` for full fine-tuning, where the frozen copy doubles the model's memory; `true` is the cheapest
-    available reference (`adapter` under peft, else `frozen_copy`), `false` is `off`.
+    available reference (`adapter` under peft, else `frozen_copy`), `false` is `off`. When the adapter's
+    init changed the base weights (`base_changed`: PiSSA, OLoRA, CorDA) the adapter disabled is not the
+    base: `auto` is then `off`, `true` is `frozen_copy` and `adapter` is refused.
 
     Raises:
-        ValueError: for an unknown setting, or `adapter` without a peft adapter.
+        ValueError: for an unknown setting, or `adapter` without a peft adapter or with a base-changing init.
     """
+    adapter = "adapter" if peft and not base_changed else "frozen_copy"
     if isinstance(kl_base, bool):
-        return ("adapter" if peft else "frozen_copy") if kl_base else "off"
+        return adapter if kl_base else "off"
     mode = str(kl_base).lower()
     if mode not in KL_BASE_MODES:
         raise ValueError(f"kl_base={kl_base!r} is not one of {list(KL_BASE_MODES)} (or true/false)")
     if mode == "auto":
-        return "adapter" if peft else "off"
+        return "adapter" if adapter == "adapter" else "off"
+    if mode == "adapter" and peft and base_changed:
+        raise ValueError(
+            f"kl_base=adapter: peft.init_lora_weights={base_changed} changes the base weights, so the model "
+            "with its adapter disabled is not the base; use kl_base=frozen_copy (2x memory) or kl_base=off"
+        )
     if mode == "adapter" and not peft:
         raise ValueError(
             "kl_base=adapter needs a peft adapter (peft=lora); for full fine-tuning use kl_base=frozen_copy "
@@ -71,11 +86,15 @@ def resolve_kl_base(kl_base: bool | str, peft: bool) -> str:
     return mode
 
 
-def frozen_base(model: nn.Module) -> nn.Module:
-    """A frozen copy of `model`'s base weights (a peft adapter removed), in eval mode, without grad."""
+def frozen_base(model: nn.Module, merge: bool = False) -> nn.Module:
+    """A frozen copy of `model`'s base weights (a peft adapter removed), in eval mode, without grad.
+
+    `merge`: merge the adapter in instead of removing it; taken before training from an adapter whose init
+    changed the base weights (PiSSA, OLoRA, CorDA: W = W_res + B0·A0), that is the original model.
+    """
     base = copy.deepcopy(model)
-    if hasattr(base, "peft_config"):
-        base = base.unload()  # the base model without the adapter layers (not merged)
+    if hasattr(base, "peft_config"):  # removed: the base without the adapter layers; or merged
+        base = base.merge_and_unload() if merge else base.unload()
     base.eval()
     base.requires_grad_(False)
     return base
@@ -131,8 +150,18 @@ class InstructionTuner(L.LightningModule):
         kl_base: the base model of the validation KL (see `resolve_kl_base`): `auto` (the adapter
             disabled under peft, off for full fine-tuning), `adapter`, `frozen_copy` (a deep copy of the
             base taken here, before training; outside the state dict, so checkpoints do not grow) or
-            `off`. Costs one more no-grad forward per validation batch. `adapter` assumes the adapter
-            sits on unchanged base weights (LoRA's default init; not PiSSA/OLoRA/LoftQ, which change them).
+            `off`. Costs one more no-grad forward per validation batch. `adapter` needs the adapter on
+            unchanged base weights: refused for PiSSA/OLoRA/CorDA inits, whose frozen copy is merged.
+        regularizer: a term added to the training loss (`itune.regularizers`, the `regularizer` group);
+            one that needs the base (`kl_base`) turns an `off` kl_base into the cheapest reference.
+        chunked_loss: run the decoder body alone and compute the LM head and the cross-entropy over
+            chunks of tokens (`itune.losses.chunked_token_losses`): the full (tokens x vocab) logits never
+            exist, with the same loss and gradients. True: ~128 MB of float32 logits a chunk; an int:
+            tokens a chunk; False: the model's full logits. Used where exact (a plain linear LM head, no
+            logit soft-capping or scaling, not compiled; checked against the model's logits at the first
+            batch, else the full logits, with a log line saying why) and not with `fused_cross_entropy`.
+            It serves training and validation (`val/<source>/loss` and the KL to the base model, whose
+            hidden states go through the head chunk by chunk too).
     """
 
     def __init__(
@@ -143,6 +172,8 @@ class InstructionTuner(L.LightningModule):
         source_names: list[str] | None = None,
         fused_cross_entropy: bool = False,
         kl_base: bool | str = "auto",
+        chunked_loss: bool | int = True,
+        regularizer: Regularizer | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -151,12 +182,23 @@ class InstructionTuner(L.LightningModule):
         self.source_names = list(source_names or [])
         self.fused_cross_entropy = fused_cross_entropy
         self.flash = uses_flash_attention(model)
+        if not isinstance(chunked_loss, bool) and not (isinstance(chunked_loss, int) and chunked_loss >= 1):
+            raise ValueError(
+                f"chunked_loss={chunked_loss!r}: expected true, false or tokens per chunk (>= 1)"
+            )
+        self.chunked_loss = bool(chunked_loss) and not fused_cross_entropy
+        self.chunk_size = None if isinstance(chunked_loss, bool) else chunked_loss
+        self.head_split: HeadSplit | str | None = None  # decided at the first batch (str: why not)
         self.isolation_checked = False
         self.peft = hasattr(model, "peft_config")
         self.strict_loading = not self.peft  # adapter-only checkpoints hold the trainable weights only
-        self.kl_base = resolve_kl_base(kl_base, self.peft)
+        changed = base_changing_init(model)
+        self.kl_base = resolve_kl_base(kl_base, self.peft, changed)
+        self.regularizer = regularizer  # a submodule: its buffers (L2's θ₀) follow the device, not saved
+        if regularizer is not None:
+            self.kl_base = self.setup_regularizer(regularizer, changed)
         if self.kl_base == "frozen_copy":  # in __dict__, not a submodule: no state dict, no optimizer
-            self.__dict__["base_copy"] = frozen_base(model)
+            self.__dict__["base_copy"] = frozen_base(model, merge=changed is not None)
         n = max(1, len(self.source_names))
         self.register_buffer("val_loss_sum", torch.zeros(n, dtype=torch.float64), persistent=False)
         self.register_buffer("val_tokens", torch.zeros(n, dtype=torch.float64), persistent=False)
@@ -169,15 +211,30 @@ class InstructionTuner(L.LightningModule):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.logits
 
+    def setup_regularizer(self, regularizer: Regularizer, base_changed: str | None) -> str:
+        """Snapshot what the regularizer needs; returns the kl_base reference it leaves (never `off` when
+        it needs the base: then the cheapest one, so `val/<source>/kl_base` is logged too)."""
+        regularizer.setup(self.model)
+        if regularizer.needs_base and self.fused_cross_entropy:
+            raise ValueError(
+                f"regularizer={regularizer.name} needs the logits, which model.liger_kernel=true never "
+                "computes; set model.liger_kernel=false (the chunked loss keeps memory low)"
+            )
+        if not regularizer.needs_base or self.kl_base != "off":
+            return self.kl_base
+        mode = resolve_kl_base(True, self.peft, base_changed)
+        log.info("regularizer=%s: base model = %s (kl_base=%s)", regularizer.name, mode, mode)
+        return mode
+
     @torch.no_grad()
     def base_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
-        """Logits of the base model: the peft adapter disabled, or the frozen copy."""
+        """Logits of the base model: the peft adapter disabled, or the frozen copy (`kwargs` as `forward`)."""
         if self.kl_base == "adapter":
             with self.model.disable_adapter():
-                return self(input_ids, attention_mask)
-        out = self.base_copy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                return self(input_ids, attention_mask, **kwargs)
+        out = self.base_copy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.logits
 
     def check_packing(self) -> None:
@@ -192,46 +249,142 @@ class InstructionTuner(L.LightningModule):
                 "model.lm.attn_implementation=sdpa (or flash_attention_2 on GPU), or set data.packing=false."
             )
 
+    def split_head(self, input_ids: torch.Tensor) -> HeadSplit | None:
+        """Decoder body and LM head for the chunked loss (None: full logits), decided at the first batch."""
+        if self.head_split is None:
+            split = split_lm_head(self.model) if self.chunked_loss else "chunked_loss=false"
+            if isinstance(split, HeadSplit):
+                err = head_split_error(self.model, split, input_ids[:1, :16])
+                split = split if err < 1e-3 else f"head(decoder body) differs from the logits by {err:.2g}"
+            if isinstance(split, str) and self.chunked_loss:
+                log.info("chunked cross-entropy off (%s): computing the full logits", split)
+            self.head_split = split
+        return self.head_split if isinstance(self.head_split, HeadSplit) else None
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if "position_ids" in batch and not self.isolation_checked:
             self.check_packing()
         inputs = model_inputs(batch, self.flash)
         trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        kl = None  # per-row KL(base ‖ tuned), for a regularizer that needs it
         if self.fused_cross_entropy:  # the model's loss: mean over the shifted labels that are trained
             loss = self.model(**inputs, labels=batch["labels"], use_cache=False).loss
         else:
-            losses = token_losses(self.model(**inputs, use_cache=False).logits, batch["labels"])
+            needs_kl = self.regularizer is not None and self.regularizer.needs_base
+            losses, kl = self.losses_and_kl(inputs, batch["labels"], needs_kl)
             loss = losses.sum() / trained.clamp(min=1)
-        bs = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/trained_tokens", trained.float(), reduce_fx="sum", batch_size=bs)
-        if "num_real_tokens" in batch:  # real (not padding) tokens, and their share of the batch
-            real = batch["num_real_tokens"].float()
-            self.log("train/real_tokens", real, reduce_fx="sum", batch_size=bs)
-            self.log("train/token_efficiency", real / batch["num_row_tokens"], batch_size=bs)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        loss, terms = self.regularized(loss, kl, trained)
+        self.log_train_step(loss, trained, batch, terms)
         return loss
+
+    def regularized(
+        self, ce: torch.Tensor, kl: torch.Tensor | None, trained: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss, `ce` + weight * the regularizer's value, and the terms logged apart:
+        `train/ce` and `train/<name>` (the unweighted value)."""
+        if self.regularizer is None:
+            return ce, {"train/ce": ce}
+        kl_mean = None if kl is None else kl.sum() / trained.clamp(min=1)
+        value = self.regularizer(self.model, kl_mean)
+        terms = {"train/ce": ce, f"train/{self.regularizer.name}": value}
+        return ce + self.regularizer.weight * value, terms
+
+    def log_due(self) -> bool:
+        """Whether the loggers write this step (every `trainer.log_every_n_steps` steps, and the last)."""
+        trainer = self._trainer
+        if trainer is None:  # called outside a Trainer (tests)
+            return True
+        step = self.global_step + 1
+        return (
+            step % max(1, trainer.log_every_n_steps) == 0
+            or step == trainer.max_steps
+            or trainer.is_last_batch
+        )
+
+    def log_train_step(
+        self,
+        loss: torch.Tensor,
+        trained: torch.Tensor,
+        batch: dict[str, Any],
+        terms: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """`train/loss` (+ `terms`), token counts and `train/lr`, at the steps the loggers write only, copied
+        to the host in one transfer: no `self.log` work and no host-device sync on the other steps."""
+        if not self.log_due():
+            return
+        values = {"train/loss": loss, **(terms or {}), "train/trained_tokens": trained}
+        if "num_real_tokens" in batch:  # real (not padding) tokens, and their share of the batch
+            real = batch["num_real_tokens"]
+            values |= {"train/real_tokens": real, "train/token_efficiency": real / batch["num_row_tokens"]}
+        host = torch.stack([v.detach().float().reshape(()) for v in values.values()]).cpu()
+        bs = batch["input_ids"].size(0)
+        for key, value in zip(values, host, strict=True):
+            total = key.endswith("_tokens")
+            self.log(
+                key, value, prog_bar=key == "train/loss", reduce_fx="sum" if total else "mean", batch_size=bs
+            )
+        lr = torch.tensor(self.optimizers().param_groups[0]["lr"])  # on the host: no copy to the device
+        self.log("train/lr", lr, prog_bar=True, batch_size=bs)
 
     def on_validation_start(self) -> None:
         if self.kl_base == "frozen_copy":  # not a submodule, so Lightning does not move it
             self.base_copy.to(self.device)
+
+    def on_train_start(self) -> None:
+        self.on_validation_start()  # a regularizer's frozen copy follows the model to its device
 
     def on_validation_epoch_start(self) -> None:
         self.val_loss_sum.zero_()
         self.val_tokens.zero_()
         self.val_kl_sum.zero_()
 
+    def validation_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token losses and per-row summed KL(base ‖ tuned) (None when `kl_base` is off) of a batch."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return self.losses_and_kl(inputs, batch["labels"], self.kl_base != "off")
+
+    def losses_and_kl(
+        self, inputs: dict[str, Any], labels: torch.Tensor, kl: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token losses and per-row summed KL(base ‖ tuned) (None unless `kl`) of a batch's model
+        inputs, chunked through the LM head where exact; both with the tuned side's gradient."""
+        split = self.split_head(inputs["input_ids"])
+        base = split_lm_head(self.base_copy) if split and self.kl_base == "frozen_copy" else split
+        if split is None or not isinstance(base, HeadSplit):
+            logits = self(**inputs)
+            if not kl:
+                return token_losses(logits, labels), None
+            trained = labels[:, 1:] != IGNORE_INDEX
+            base_logits = self.base_logits(**inputs)[:, :-1]
+            return token_losses(logits, labels), token_kl(base_logits, logits[:, :-1], trained)[0]
+        hidden = split.decoder(**inputs, use_cache=False)[0]
+        base_hidden = None
+        if kl and self.kl_base == "adapter":
+            with self.model.disable_adapter(), torch.no_grad():
+                base_hidden = split.decoder(**inputs, use_cache=False)[0]
+        elif kl:
+            with torch.no_grad():
+                base_hidden = base.decoder(**inputs, use_cache=False)[0]
+        head, base_head = split.head, base.head
+        losses, kls = chunked_token_losses(
+            hidden,
+            labels,
+            head.weight,
+            head.bias,
+            self.chunk_size,
+            base_hidden,
+            base_head.weight,
+            base_head.bias,
+        )
+        return losses, None if kls is None else kls.sum(dim=1)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        losses = token_losses(logits, batch["labels"])
-        trained = batch["labels"][:, 1:] != IGNORE_INDEX
-        tokens = trained.sum(dim=1)
+        losses, kl = self.validation_losses(batch)
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
         source = batch.get("source", torch.zeros_like(tokens))
         self.val_loss_sum.index_add_(0, source, losses.sum(dim=1).double())
         self.val_tokens.index_add_(0, source, tokens.double())
-        if self.kl_base != "off":
-            base = self.base_logits(batch["input_ids"], batch["attention_mask"])
-            kl, _ = token_kl(base[:, :-1], logits[:, :-1], trained)
+        if kl is not None:
             self.val_kl_sum.index_add_(0, source, kl.double())
 
     def on_validation_epoch_end(self) -> None:

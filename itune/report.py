@@ -4,7 +4,9 @@ run, plots and a self-contained HTML page.
 
 Rows and statuses: itune.sweep.collect; front, pick and fallbacks: itune.sweep.select; pictures:
 itune.sweep.plots. Written once, by `write_report`: report.csv, report.md, report.json, tradeoff.png,
-by_<override>.png per numeric swept key, report.html.
+by_<override>.png per numeric swept key, report.html, and experiment/recommended.yaml: the recommended
+run's overrides as an experiment, so `itune-train hydra.searchpath=[file://<report dir>]
+experiment=recommended` composes its config again (the command is printed and ends report.md).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import io
 import json
 import logging
 import re
-from collections.abc import Sequence
+import shlex
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from itune.sweep.collect import STATUSES, Run, collect_runs, expected_grid, load_run, varying_keys
+import yaml
+
+from itune.sweep.collect import HYDRA_DIR, STATUSES, Run, collect_runs, expected_grid, load_run, varying_keys
 from itune.sweep.criterion import Criterion
 from itune.sweep.plots import axis_label, fmt, number, plot_by_override, plot_tradeoff, svg_scatter
 from itune.sweep.select import Report, build_report, interval, pareto_front, recommend
@@ -44,6 +49,9 @@ log = logging.getLogger(__name__)
 BOUNDS = ("at_least", "at_most")
 CI = " CI"  # suffix of the column of a metric's confidence interval
 CI_MEANING = "confidence interval of the change against the base (paired bootstrap, eval.stats)"
+RECOMMENDED = "recommended"  # experiment=recommended: the file written for the recommended run
+NOT_RERUN = ("optuna_trial", "run_dir", "resume", "ckpt_path", "resume_allow_changes")  # where, not what
+PRESETS = ("experiment", "hparams_search")  # `_global_` groups: included by path in the experiment file
 
 
 def with_ci(report: Report) -> set[str]:
@@ -147,7 +155,7 @@ def to_html(report: Report) -> str:
 <style>
 body {{ font-family: sans-serif; margin: 24px; }} table {{ border-collapse: collapse; font-size: 12px; }}
 td, th {{ border: 1px solid #ddd; padding: 3px 6px; }} th {{ background: #f3f3f3; position: sticky; top: 0; }}
-tr.failed td {{ background: #fde2e2; }}
+tr.failed td {{ background: #fde2e2; }} tr.pruned td {{ color: #777; }}
 tr.unfinished td, tr.interrupted td, tr.pending td {{ background: #fff6d5; }}
 tr.pick td {{ font-weight: bold; background: #e6f4e6; }} circle:hover {{ fill-opacity: 1; stroke: #000; }}
 </style></head><body>
@@ -178,7 +186,13 @@ def write_report(report: Report, out: Path, plots: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.csv", out / "report.md", out / "report.json"]
     written[0].write_text(to_csv(report), encoding="utf-8")
-    written[1].write_text(to_markdown(report), encoding="utf-8")
+    rerun = recommended_experiment(report, out)
+    rerun_line = f"\nRerun the recommended run: `{rerun[1]}`\n" if rerun else ""
+    written[1].write_text(to_markdown(report) + rerun_line, encoding="utf-8")
+    if rerun:
+        written.append(out / "experiment" / f"{RECOMMENDED}.yaml")
+        written[-1].parent.mkdir(exist_ok=True)
+        written[-1].write_text(rerun[0], encoding="utf-8")
     payload = {k: v for k, v in asdict(report).items() if k != "runs"} | {
         "counts": report.counts(),
         "runs": [asdict(r) for r in report.runs],
@@ -207,7 +221,13 @@ def show(report: Report) -> None:
     swept = [k.split(".")[-1] for k in report.swept]
     for header in ["run", "status", *swept, *metric_columns(report, metric_keys), "front", "pick"]:
         table.add_column(header, overflow="fold")
-    styles = {"failed": "red", "interrupted": "yellow", "unfinished": "yellow", "pending": "yellow"}
+    styles = {
+        "failed": "red",
+        "pruned": "dim",
+        "interrupted": "yellow",
+        "unfinished": "yellow",
+        "pending": "yellow",
+    }
     for r in report.runs:
         cells = [r.name, r.status, *[r.overrides.get(k, "") for k in report.swept]]
         cells += list(metric_cells(report, r, metric_keys).values())
@@ -243,8 +263,90 @@ def run_report(cfg: Any) -> Path:
         out = Path("outputs/report") / time.strftime("%Y-%m-%d/%H-%M-%S")
     write_report(report, out)
     show(report)
+    rerun = recommended_experiment(report, out)
+    if rerun:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(width=1000).print(
+            f"rerun the recommended run: [bold]{escape(rerun[1])}[/bold]", highlight=False
+        )
     log.info("report written to %s (open report.html for hover details)", out)
     return out
+
+
+def experiment_config(overrides: Sequence[str], groups: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """(an experiment config that composes like the command-line `overrides`, the overrides it cannot hold).
+
+    Presets (`experiment=`, `hparams_search=`) are included by path, other groups overridden after them
+    (so they win, as on the command line), values set; `optuna_trial`, `run_dir` and resume keys are left
+    out; deletions (`~key`) and packaged overrides stay on the command line. `groups`: the run's group names.
+
+    >>> experiment_config(["experiment=demo", "model=tiny", "optimizer.lr=1e-3", "~logger.csv"],
+    ...                   {"experiment", "model"})
+    ({'defaults': ['/experiment/demo', {'override /model': 'tiny'}, '_self_'], 'optimizer': {'lr': 0.001}}, \
+['~logger.csv'])
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    includes: list[Any] = []
+    replaced: list[Any] = []
+    values: dict[str, Any] = {}
+    left: list[str] = []
+    for raw, o in zip(overrides, OverridesParser.create().parse_overrides(list(overrides)), strict=True):
+        key = o.key_or_group
+        if key in NOT_RERUN:
+            continue
+        if o.is_delete() or o.package or (key in groups and o.is_add()):
+            left.append(raw)
+        elif key in groups and o.value() is not None:
+            preset = key in PRESETS
+            (includes if preset else replaced).append(
+                f"/{key}/{o.value()}" if preset else {f"override /{key}": o.value()}
+            )
+        elif key not in groups:
+            node = values
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = o.value()
+    return {"defaults": [*includes, *replaced, "_self_"], **values}, left
+
+
+def _quote_path(path: str) -> str:
+    return path if re.fullmatch(r"[\w/.:\-]+", path) else "'" + path.replace("'", "\\'") + "'"
+
+
+def _run_hydra(run: Run) -> tuple[list[str], dict[str, Any]] | None:
+    """(a run's command-line overrides, its `hydra` node) from its `.hydra/`; None when a file is missing."""
+    hydra_dir = Path(run.path) / HYDRA_DIR
+    if not (hydra_dir / "hydra.yaml").is_file() or not (hydra_dir / "overrides.yaml").is_file():
+        return None
+    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text(encoding="utf-8")) or []
+    hydra = (yaml.safe_load((hydra_dir / "hydra.yaml").read_text(encoding="utf-8")) or {}).get("hydra")
+    return [str(o) for o in overrides], hydra or {}
+
+
+def recommended_experiment(report: Report, out: Path) -> tuple[str, str] | None:
+    """(the text of `<out>/experiment/recommended.yaml`, the command that runs it) for the recommended run;
+    None when there is none or its `.hydra/` files are missing. The run's own search path is kept."""
+    run = next((r for r in report.runs if r.name == report.recommended), None)
+    found = _run_hydra(run) if run else None
+    if run is None or found is None:
+        return None
+    overrides, hydra = found
+    config, left = experiment_config(overrides, set((hydra.get("runtime") or {}).get("choices") or {}))
+    paths = [*map(str, hydra.get("searchpath") or []), f"file://{out.resolve()}"]
+    searchpath = f"hydra.searchpath=[{','.join(_quote_path(p) for p in paths)}]"
+    searchpath = f'"{searchpath}"' if "'" in searchpath else searchpath  # quoted for the shell too
+    command = " ".join(["itune-train", searchpath, f"experiment={RECOMMENDED}", *map(shlex.quote, left)])
+    kept = [o for o in overrides if o.split("=")[0].lstrip("+~") not in NOT_RERUN]
+    header = (
+        f"# @package _global_\n# {command}\n"
+        f"# The run itune-report recommends, {run.name} ({run.path}), as an experiment: the config of\n"
+        f"#   itune-train {' '.join(kept)}\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False), command
 
 
 def criterion_spec(spec: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 RESUME_KEY, ALLOW_KEY = "resume", "resume_allow_changes"
-_RUN_KEYS = {"run_dir", "hydra.run.dir", "ckpt_path", RESUME_KEY, ALLOW_KEY}
+_RUN_KEYS = {"run_dir", "hydra.run.dir", "ckpt_path", "optuna_trial", RESUME_KEY, ALLOW_KEY}
 
 
 class ResumeError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,22 @@ def _validate(trainer: L.Trainer, module: InstructionTuner, datamodule: Any) -> 
     """Validation losses (`val/loss`, `val/<source>/loss`) of the module's current weights."""
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def _calibration_rows(datamodule: Any, peft_config: Any, general: list[str], n: int) -> Iterator[list[int]]:
+    """Token ids of the first `n` training rows (mixture order) that a data-driven peft init runs on:
+    for CorDA's `kpm` (knowledge-preserved) mode the rows of the general sources (`eval.general_sources`,
+    the knowledge to keep), for `ipm` those of the other (domain) sources. Lazy: read only by CorDA."""
+    corda = getattr(peft_config, "corda_config", None)
+    kpm = getattr(corda, "corda_method", "kpm") == "kpm"
+    wanted = {i for i, name in enumerate(datamodule.source_names) if (name in general) == kpm}
+    taken = 0
+    for row in datamodule.train_set if wanted and n > 0 else ():
+        if int(row["source"]) in wanted:
+            yield list(row["input_ids"])
+            taken += 1
+            if taken >= n:
+                return
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -79,7 +96,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         enable_gradient_checkpointing(model)
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.get("peft") else None
     check_peft_saveable(peft_config)  # a value that cannot be saved fails now, not after training
-    model = apply_peft(model, peft_config)
+    general = list(cfg.eval.get("general_sources") or [])
+    rows = _calibration_rows(datamodule, peft_config, general, cfg.get("peft_init_rows", 64))
+    model = apply_peft(model, peft_config, rows)  # rows: read only by a data-driven init (CorDA)
     if cfg.model.get("compile"):
         compile_model(model)
     suite_nodes = cfg.eval.get("suites") or {}
@@ -92,7 +111,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         source_names=datamodule.source_names,
         fused_cross_entropy=bool(cfg.model.get("liger_kernel")),
+        chunked_loss=cfg.model.get("chunked_loss", True),
         kl_base=cfg.get("kl_base", "auto"),
+        regularizer=instantiate(cfg.regularizer) if cfg.get("regularizer") else None,
     )
     trainer = instantiate(
         cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks)

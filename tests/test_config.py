@@ -18,7 +18,8 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 
 
 def test_every_group_has_options():
-    assert {"model", "data", "template", "optimizer", "scheduler", "peft", "trainer", "logger"} <= set(GROUPS)
+    core = {"model", "data", "template", "optimizer", "scheduler", "peft", "regularizer", "trainer", "logger"}
+    assert core <= set(GROUPS)
     assert len(OPTIONS) >= 30
 
 
@@ -56,6 +57,8 @@ def test_option_composes_and_builds(group, option, compose_train, tokenizer, tmp
         factory(optimizer, **extra)
     if cfg.peft:
         assert instantiate(cfg.peft).r > 0
+    if cfg.regularizer:
+        assert instantiate(cfg.regularizer).weight >= 0
     for node in (cfg.logger or {}).values():
         instantiate(node)
     callbacks = [instantiate(n) for n in cfg.callbacks.values()]

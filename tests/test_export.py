@@ -146,7 +146,7 @@ def test_full_fine_tune_export_says_full_model(full_run, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="itune.export"):
         out = export_run(full_run, tmp_path / "export")
     assert (out / "model.safetensors").exists()
-    assert "(full model)" in caplog.text and "merged" not in caplog.text
+    assert "(full model" in caplog.text and "merged" not in caplog.text
     assert "| peft | `none` |" in (out / "README.md").read_text(encoding="utf-8")
 
 

@@ -153,7 +153,7 @@ def test_full_fine_tune_with_a_frozen_copy(val_loader):
     assert tuner(model).kl_base == "off"  # auto: no copy for full fine-tuning unless asked
     module = tuner(model, kl_base="frozen_copy", lr=1e-2)
     assert set(module.state_dict()) == {f"model.{k}" for k in model.state_dict()}  # checkpoints do not grow
-    assert validate(module, val_loader)["val/kl_base"] == 0.0
+    assert abs(validate(module, val_loader)["val/kl_base"]) < 1e-6  # the chunked KL rounds at ~1e-8
     copy_before = [p.clone() for p in module.base_copy.parameters()]
     one_step(module, val_loader)
     logged = validate(module, val_loader)

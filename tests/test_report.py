@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -342,3 +343,164 @@ def test_report_cli_takes_a_bound_on_the_ci(tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["criterion"] == f"maximize {GAIN} subject to {RETENTION}_lo >= -0.05"
     assert report["recommended"] == "b/3"  # the significance bound is replaced: the top mean gain in budget
+
+
+def optuna_job(root: Path, num: int, overrides: list[str], **kwargs) -> Path:
+    """A job of an Optuna sweep: its overrides end with the sweeper's `optuna_trial`."""
+    trial = f"optuna_trial={{storage:'sqlite:////s.db',study:'s',number:{num}}}"
+    return make_job(root, num, [*overrides, trial], **kwargs)
+
+
+def test_pruned_trials_are_listed_as_pruned(tmp_path):
+    root = tmp_path / "study"
+    optuna_job(root, 0, ["optimizer.lr=0.001"], metrics={GAIN: 0.3, RETENTION: 0.0})
+    reason = "trial 1 pruned at step 5 (eval/disclaimer/ends_with_disclaimer = 0.125)"
+    optuna_job(root, 1, ["optimizer.lr=0.01"], status="pruned", reason=reason, step=5, duration_s=12.0)
+    runs = collect_runs([root])
+    assert [(r.status, r.error) for r in runs] == [("completed", None), ("pruned", reason)]
+    assert "optuna_trial" not in runs[1].overrides  # where it reported, not what it did
+    report = build_report(runs)
+    assert report.counts()["pruned"] == 1 and report.swept == ["optimizer.lr"]
+    md = (write_report(report, tmp_path / "out", plots=False)[1]).read_text()
+    assert "1 completed, 1 pruned" in md and "| study/1 | pruned | 0.01 |" in md
+
+
+def hydra_job(root: Path, overrides: list[str]) -> tuple[Path, dict]:
+    """A job dir as itune-train writes it (.hydra/overrides.yaml, hydra.yaml) and its composed config."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="itune.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    job = make_job(root, 0, overrides, {GAIN: 0.4, f"{GAIN}_lo": 0.1, RETENTION: 0.0, f"{RETENTION}_lo": 0.0})
+    OmegaConf.save(OmegaConf.create({"hydra": cfg.hydra}), job / ".hydra" / "hydra.yaml")
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    return job, {k: v for k, v in plain.items() if k not in ("hydra", "optuna_trial")}
+
+
+def test_the_recommended_run_is_one_command_away(tmp_path):
+    """The report writes experiment/recommended.yaml; composed with the printed command it is the
+    recommended run's config (presets, group choices, values, a key added with +)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from itune.report import RECOMMENDED
+
+    overrides = [
+        "experiment=demo_sweep",
+        "hparams_search=forgetting_mitigation",
+        "model=tiny",
+        "template=chatml",
+        "optimizer.lr=0.00123",
+        "data.sources.general.weight=0.31",
+        "regularizer.weight=0.2",
+        "eval.suites.disclaimer.limit=3",
+        "+callbacks.timer={_target_: lightning.pytorch.callbacks.Timer}",
+        "optuna_trial={storage:'sqlite:////s.db',study:'s',number:0}",
+    ]
+    _, expected = hydra_job(tmp_path / "study", overrides)
+    report = build_report(collect_runs([tmp_path / "study"]))
+    assert report.recommended == "study/0"
+    out = tmp_path / "my report"  # a space: the search path is quoted
+    write_report(report, out, plots=False)
+    text = (out / "experiment" / f"{RECOMMENDED}.yaml").read_text()
+    command = text.splitlines()[1].removeprefix("# ")
+    assert text.startswith("# @package _global_\n# itune-train ") and "optuna_trial" not in text
+    assert f"Rerun the recommended run: `{command}`" in (out / "report.md").read_text()
+    args = shlex.split(command)  # as a shell passes it
+    assert args == [
+        "itune-train",
+        f"hydra.searchpath=['file://{out.resolve()}']",
+        f"experiment={RECOMMENDED}",
+    ]
+    with initialize_config_module(config_module="itune.conf", version_base="1.3"):
+        again = compose("train", overrides=args[1:])
+    plain = OmegaConf.to_container(again, resolve=False)
+    assert plain.pop("optuna_trial") is None and plain == expected
+
+
+def test_no_recommended_experiment_without_the_runs_hydra_files(sweep, tmp_path):
+    paths = write_report(build_report(collect_runs([sweep])), tmp_path / "out", plots=False)
+    assert not any(p.name == "recommended.yaml" for p in paths)
+    assert "Rerun" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def compare_mitigations():
+    """scripts/compare_mitigations.py as a module (scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_mitigations.py"
+    spec = importlib.util.spec_from_file_location("compare_mitigations", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mitigation_job(root: Path, num: int, regularizer: str, weight: float, gain: float, kl: float) -> Path:
+    """A demo_forgetting job: metrics.json, forgetting.json rows with CIs, status.json, csv history."""
+    overrides = [f"regularizer={regularizer}", f"data.sources.general.weight={weight}"]
+    metrics = {
+        GAIN: gain,
+        f"{GAIN}_lo": gain - 0.1,
+        f"{GAIN}_hi": gain + 0.1,
+        "eval/disclaimer/ends_with_disclaimer": 0.96,
+        "val/general/kl_base": kl,
+    }
+    job = make_job(root, num, overrides, metrics, status="completed", duration_s=300.0 + num)
+    rows = [
+        {
+            "metric": "eval/ifeval/prompt_level_strict_acc",
+            "improvement": -0.1,
+            "ci_lo": -0.2,
+            "ci_hi": 0.0,
+            "significant": num == 0,
+        },
+        {
+            "metric": "eval/perplexity/alpaca_ppl",
+            "improvement": -0.05 * (1 + num),
+            "ci_lo": -0.08,
+            "ci_hi": -0.02,
+            "significant": True,
+        },
+        {"metric": "val/general/kl_base", "improvement": None, "informational": True},
+    ]
+    (job / "forgetting.json").write_text(json.dumps({"rows": rows, "summary": {}}))
+    (job / "csv").mkdir()
+    history = "step,eval/disclaimer/ends_with_disclaimer,train/loss\n0,,2.0\n10,0.5,\n20,0.96,\n40,0.97,\n"
+    (job / "csv" / "metrics.csv").write_text(history)
+    return job
+
+
+def test_compare_mitigations_writes_one_table(tmp_path, capsys):
+    root = tmp_path / "forgetting"
+    for num, (regularizer, weight) in enumerate([("none", 0.0), ("none", 0.3), ("kl_base", 0.0)]):
+        mitigation_job(root, num, regularizer, weight, gain=0.9 - 0.1 * num, kl=0.05 / (num + 1))
+    make_job(root, 3, ["regularizer=l2_init", "data.sources.general.weight=0.0"], status="failed", error="x")
+    table = compare_mitigations().main([str(root)])
+    assert (root / "mitigations.md").read_text() == table and table in capsys.readouterr().out
+    lines = table.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == [
+        "mitigation",
+        "status",
+        "compliance",
+        "first step >= 0.95",
+        "domain gain [CI]",
+        "IFEval strict",
+        "Alpaca ppl",
+        "KL general",
+        "wall time",
+    ]  # columns that no job has (HellaSwag, ARC, ...) are left out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:6]]
+    assert [r[0] for r in rows] == ["plain SFT", "replay (0.3)", "kl_base", "l2_init"]
+    assert rows[0][2:] == [
+        "0.960",
+        "20",
+        "+0.900 [+0.800, +1.000]",
+        "-0.100 [-0.200, +0.000] *",
+        "-0.050 [-0.080, -0.020] *",
+        "0.050",
+        "5.0 min",
+    ]
+    assert rows[1][5] == "-0.100 [-0.200, +0.000]" and rows[2][7] == "0.017"
+    assert rows[3][1] == "failed" and set(rows[3][2:-1]) == {"-"}

@@ -22,6 +22,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from itune.sweep.criterion import objective_value
 from itune.sweep.optuna import as_values, fill_placeholders, register_plugin, search_space
+from itune.sweep.pruning import Pruned
 from itune.sweep.study import StudyConfigError
 from tests.test_sweep import TINY, command
 
@@ -35,9 +36,13 @@ def _objective(cfg: DictConfig) -> float:
 
 
 def optuna_multirun(
-    tmp_path: Path, *overrides: str, task: Callable[[DictConfig], Any] = _objective
+    tmp_path: Path,
+    *overrides: str,
+    task: Callable[[DictConfig], Any] = _objective,
+    preset: str = "forgetting_optuna",
 ) -> dict[str, Any]:
-    """`itune-train -m hparams_search=forgetting_optuna …` in this process, each job `task(cfg)`: no training.
+    """`itune-train -m hparams_search=<preset> …` in this process, each job `task(cfg)` (a stand-in for
+    training unless `task` trains).
 
     The study is in tmp_path/study.db, the jobs in tmp_path/<study name>/<trial>; returns the results.
     """
@@ -49,7 +54,7 @@ def optuna_multirun(
         task_name="itune_train", config_search_path=create_config_search_path("pkg://itune.conf")
     )
     args = [
-        "hparams_search=forgetting_optuna",
+        f"hparams_search={preset}",
         f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
         f"hydra.sweep.dir={tmp_path}/" + "${hydra.sweeper.study_name}",
         "hydra.sweeper.n_trials=3",
@@ -238,3 +243,41 @@ def test_optuna_study_runs_and_resumes(tmp_path):
     study = optuna.load_study(study_name=results["study_name"], storage=storage)
     assert len(study.trials) == 3 and (tmp_path / "study" / "2" / "metrics.json").is_file()
     assert not (tmp_path / "study" / "3").exists()
+
+
+def test_jobs_reach_their_trial_and_pruned_trials_are_told_pruned(tmp_path):
+    def pruned_when_large(cfg: DictConfig) -> Any:
+        SEEN.append(cfg)
+        if cfg.optimizer.lr > 1e-3:
+            return Pruned("pruned at step 2", step=2, value=0.1)
+        if cfg.optimizer.lr > 1e-4:
+            raise optuna.TrialPruned("pruned by a task that raises")
+        return -float(cfg.optimizer.lr)
+
+    results = optuna_multirun(tmp_path, "hydra.sweeper.n_trials=4", task=pruned_when_large)
+    study = load(tmp_path, results["study_name"])
+    for cfg, trial in zip(SEEN, study.trials, strict=True):
+        assert dict(cfg.optuna_trial) == {
+            "storage": f"sqlite:///{tmp_path / 'study.db'}",
+            "study": results["study_name"],
+            "number": trial.number,
+        }
+        expected = "PRUNED" if cfg.optimizer.lr > 1e-4 else "COMPLETE"
+        assert trial.state.name == expected
+    assert results["pruned"] == sum(t.state.name == "PRUNED" for t in study.trials) > 0
+    assert optuna_multirun(tmp_path, "hydra.sweeper.n_trials=4", task=pruned_when_large) == results  # resumed
+    assert SEEN == []  # pruned trials count as done
+
+
+def test_the_mitigation_preset_searches_lr_general_weight_and_alpha(tmp_path):
+    results = optuna_multirun(tmp_path, "hydra.sweeper.n_trials=1", preset="forgetting_mitigation")
+    assert set(results["best_params"]) == {
+        "optimizer.lr",
+        "data.sources.general.weight",
+        "regularizer.weight",
+    }
+    (cfg,) = SEEN
+    assert cfg.regularizer._target_ == "itune.regularizers.KLToBase"
+    hook = cfg.callbacks.periodic_eval.on_eval.optuna
+    assert hook._target_ == "itune.sweep.pruning.OptunaPruning" and hook.trial.number == 0
+    assert results["study_name"].startswith("mitigation-")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -22,12 +23,20 @@ class PeriodicEval(Callback):
     Args:
         suites: {name: suite}, e.g. a rules suite with a small `limit`.
         every_n_validations: evaluate after every n-th validation run.
+        on_eval: {name: hook(trainer, metrics)} called after each eval, e.g. Optuna pruning
+            (itune.sweep.pruning.OptunaPruning, which may stop the run); null entries are skipped.
     """
 
-    def __init__(self, suites: dict[str, Suite], every_n_validations: int = 1) -> None:
+    def __init__(
+        self,
+        suites: dict[str, Suite],
+        every_n_validations: int = 1,
+        on_eval: Mapping[str, Callable[[L.Trainer, dict[str, float]], None] | None] | None = None,
+    ) -> None:
         if every_n_validations < 1:
             raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
         self.suites, self.every = suites, every_n_validations
+        self.on_eval = [hook for hook in (on_eval or {}).values() if hook is not None]
         self.validations = 0
         self.history: list[dict[str, Any]] = []
 
@@ -43,3 +52,5 @@ class PeriodicEval(Callback):
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
         log.info("step %d: %s", trainer.global_step, {k: round(v, 3) for k, v in metrics.items()})
+        for hook in self.on_eval:
+            hook(trainer, metrics)

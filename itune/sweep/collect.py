@@ -1,8 +1,9 @@
 """The jobs of sweeps as rows: where each ran, what it overrode, how it ended, what it measured.
 
-Every job directory of a sweep is a Run: `completed` (metrics.json), `failed` (error.txt / status.json),
-`interrupted` (stopped by Ctrl-C or SIGTERM; resumable), `unfinished` (started, no result: still running
-or killed) or `pending` (in the grid of a basic sweep, never started).
+Every job directory of a sweep is a Run: `completed` (metrics.json), `pruned` (an Optuna trial stopped
+early by its pruner: itune.sweep.pruning), `failed` (error.txt / status.json), `interrupted` (stopped by
+Ctrl-C or SIGTERM; resumable), `unfinished` (started, no result: still running or killed) or `pending` (in
+the grid of a basic sweep, never started).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from itune.sweep.status import ERROR_FILE, read_status
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("completed", "failed", "interrupted", "unfinished", "pending")
+STATUSES = ("completed", "pruned", "failed", "interrupted", "unfinished", "pending")
+BOOKKEEPING = ("optuna_trial",)  # overrides that say where a job reports, not what it does: not listed
 HYDRA_DIR = ".hydra"  # Hydra's copy of each job's config.yaml and overrides.yaml
 
 
@@ -42,7 +44,7 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = str(item).partition("=")
-        if sep:
+        if sep and key.lstrip("+~") not in BOOKKEEPING:
             out[key] = value
     return out
 
@@ -71,6 +73,8 @@ def load_run(run_dir: Path, name: str) -> Run:
         state, error = "failed", _error_line(run_dir, status)
     elif metrics_file.is_file():
         state, error = "completed", None
+    elif status.get("status") == "pruned":
+        state, error = "pruned", status.get("reason")
     elif status.get("status") == "interrupted":
         state, error = "interrupted", status.get("error")
     else:

@@ -3,6 +3,7 @@
 In a multirun a failing job writes `error.txt` (traceback) and `status.json` into its run directory and
 returns None, so the launcher goes on with the other jobs; the sweep callback (itune.sweep.callbacks)
 lists it in the sweep summary and makes the command exit non-zero at the end. A single run re-raises.
+A job whose Optuna trial is pruned (itune.sweep.pruning) writes `pruned` and returns `Pruned`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from optuna import TrialPruned
 
 from itune.config_schema import check_config
 from itune.sweep.criterion import DEFAULT_METRIC, objective_value
+from itune.sweep.pruning import Pruned
 from itune.sweep.status import write_error, write_status
 from itune.train import train
 
@@ -61,8 +64,28 @@ def check_objective(cfg: DictConfig) -> None:
         )
 
 
-def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | None:
-    """Validate and train one job; returns `optimized_metric`'s value from metrics.json (None when unset)."""
+def _pruned(
+    error: TrialPruned, run_dir: Path, overrides: list[str], duration_s: float, rank0: bool
+) -> Pruned:
+    """Record a pruned trial's job in status.json (`pruned`, why, at which step) and return `Pruned`."""
+    pruned = Pruned.from_error(error)
+    if rank0:
+        write_status(
+            run_dir,
+            "pruned",
+            overrides=overrides,
+            reason=pruned.reason,
+            step=pruned.step,
+            value=pruned.value,
+            duration_s=duration_s,
+        )
+    log.warning("%s", pruned.reason)
+    return pruned
+
+
+def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | Pruned | None:
+    """Validate and train one job; returns `optimized_metric`'s value from metrics.json (None when unset),
+    or `Pruned` when the job's Optuna trial was pruned."""
     multirun, overrides = _hydra_job()
     run_dir = Path(cfg.run_dir)
     rank0 = rank_zero_only.rank == 0
@@ -85,6 +108,8 @@ def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | None:
                 duration_s=round(time.time() - started, 1),
             )
         raise
+    except TrialPruned as e:  # the pruner stopped the trial (itune.sweep.pruning): not a failure
+        return _pruned(e, run_dir, overrides, round(time.time() - started, 1), rank0)
     except Exception as e:
         if rank0:
             error = write_error(run_dir, e)

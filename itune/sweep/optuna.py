@@ -61,11 +61,13 @@ def search_space(overrides: Sequence[Override]) -> tuple[dict[str, BaseDistribut
 
     The sweeper passes the preset's `hydra.sweeper.params` first and the command line after, so
     `'optimizer.lr=interval(1e-4, 1e-3)'` replaces the preset's range, `optimizer.lr=1e-4` pins the key
-    (it is no longer searched) and a sweep on a new key joins the search.
+    (it is no longer searched) and a sweep on a new key joins the search. A deletion stays before what
+    follows it, so `~key '+key={…}'` replaces a node.
     """
     entries: dict[str, tuple[str, BaseDistribution | str]] = {}
     for override in overrides:
         bare = override.key_or_group + (f"@{override.package}" if override.package else "")
+        bare = "~" + bare if override.is_delete() else bare  # `~key '+key=…'` replaces a node: keep both
         entries.pop(bare, None)
         entries[bare] = (override.get_key_element(), distribution(override))
     space = {key: dist for key, dist in entries.values() if isinstance(dist, BaseDistribution)}
@@ -169,6 +171,17 @@ def ensure_storage_dir(storage: str | None) -> None:
     """Create the folder of a relative or absolute `sqlite:///` file so the study can be stored there."""
     if storage and storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def absolute_storage(storage: str) -> str:
+    """A `sqlite:///` URL with a relative path made absolute, so jobs elsewhere reach the same file.
+
+    >>> absolute_storage("sqlite:////tmp/s.db"), absolute_storage("postgresql://host/db")
+    ('sqlite:////tmp/s.db', 'postgresql://host/db')
+    """
+    if not storage.startswith("sqlite:///") or storage.startswith("sqlite:////"):
+        return storage
+    return f"sqlite:///{Path(storage.removeprefix('sqlite:///')).resolve()}"
 
 
 def register_plugin() -> None:

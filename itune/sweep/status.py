@@ -1,4 +1,8 @@
-"""The status of one job in its run directory: status.json (running/completed/failed) and error.txt."""
+"""The status of one job in its run directory: status.json and error.txt.
+
+Statuses: running, completed, failed, interrupted (Ctrl-C, SIGTERM) and pruned (an Optuna trial the pruner
+stopped early: `reason`, `step`, `value`; itune.sweep.pruning).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ ERROR_FILE = "error.txt"
 
 
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """status.json: `status` plus fields (overrides, started, duration_s, error, objective)."""
+    """status.json: `status` plus fields (overrides, duration_s, error, objective; pruned: reason, step)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
     (run_dir / STATUS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")

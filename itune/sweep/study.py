@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 CONFIG_ATTR = "itune_fixed_config"
 HASH_ATTR = "itune_fixed_config_hash"
 INTERRUPTED_ATTR = "itune_interrupted_trials"
-IGNORED_ROOT_KEYS = ("hydra", "run_dir")  # where a job writes, not what it does
+IGNORED_ROOT_KEYS = ("hydra", "run_dir", "optuna_trial")  # where a job writes and reports, not what it does
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
 
 
@@ -43,7 +43,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
 
 
 def fixed_config(cfg: DictConfig, searched: Iterable[str]) -> dict[str, str]:
-    """A job's config without `hydra`, `run_dir` and the searched keys, as {dotted key: JSON value}.
+    """A job's config without the IGNORED_ROOT_KEYS and the searched keys, as {dotted key: JSON value}.
 
     Interpolations stay unresolved (`${hydra:…}` needs a running job); the overrides are applied.
 

@@ -2,6 +2,8 @@
 (`optimized_metric` from metrics.json) is the objective. Seeded by the sampler; resumable: the study lives
 in `storage` (SQLite on disk by default), and rerunning the same command runs only the missing trials,
 continuing the sampler's sequence. A study is tied to its fixed (non-searched) config (itune.sweep.study).
+Each job gets `optuna_trial={storage, study, number}` so it can report to its trial and be pruned
+(itune.sweep.pruning); a pruned job returns `Pruned` and its trial is told PRUNED (a failed one FAIL).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from typing import Any
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, flag_override
 
 from itune.sweep.criterion import objective_directions
 from itune.sweep.optuna import (
+    absolute_storage,
     as_values,
     build_sampler,
     check_space_keys,
@@ -28,6 +32,7 @@ from itune.sweep.optuna import (
     search_space,
     trial_overrides,
 )
+from itune.sweep.pruning import Pruned, trial_override
 from itune.sweep.study import (
     check_fixed_config,
     config_hash,
@@ -130,6 +135,8 @@ class OptunaSweeper(Sweeper):
             self.n_trials,
             sweep_dir,
         )
+        if not self.storage:
+            log.info("hydra.sweeper.storage is null: the jobs cannot reach the study, so none is pruned")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         while done < self.n_trials:
@@ -174,7 +181,7 @@ class OptunaSweeper(Sweeper):
     ) -> None:
         """Launch one batch of trials and tell the study each result; none is left RUNNING."""
         try:
-            batch = [tuple(fixed + trial_overrides(t, space)) for t in trials]
+            batch = [tuple(fixed + trial_overrides(t, space) + self._reach(study, t)) for t in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
         except Exception as e:  # the launcher could not run it (e.g. a value the config refuses): FAIL, stop
             for trial in trials:
@@ -185,15 +192,33 @@ class OptunaSweeper(Sweeper):
             mark_interrupted(study, [t.number for t in trials])
             raise
         for trial, ret in zip(trials, returns, strict=True):
-            try:
-                values = as_values(ret.return_value, len(self.directions))
-            except Exception as e:  # the job raised: Hydra kept the exception
-                log.warning("trial %d failed: %s", trial.number, e)
-                values = None
-            if values is None:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                study.tell(trial, values)
+            self._tell(study, trial, ret)
+
+    def _reach(self, study: optuna.Study, trial: optuna.trial.Trial) -> list[str]:
+        """The `optuna_trial` override by which a job reports to its trial (none for in-memory studies)."""
+        if not self.storage:
+            return []
+        return [trial_override(absolute_storage(self.storage), study.study_name, trial.number)]
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
+        """Tell the study how a job ended: its values, PRUNED or FAIL."""
+        if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, Pruned):
+            log.info("trial %d: PRUNED", trial.number)  # the job logged why
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+        try:
+            values = as_values(ret.return_value, len(self.directions))
+        except optuna.TrialPruned as e:  # a task that raised it instead of returning Pruned
+            log.info("trial %d pruned: %s", trial.number, e)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+        except Exception as e:  # the job raised: Hydra kept the exception
+            log.warning("trial %d failed: %s", trial.number, e)
+            values = None
+        if values is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, values)
 
     def _save_results(self, study: optuna.Study, sweep_dir: Path) -> Any:
         """optimization_results.yaml in the sweep dir: the best trial(s) with params and values."""
@@ -204,6 +229,7 @@ class OptunaSweeper(Sweeper):
             "storage": self.storage,
             "trials": len(study.trials),
             "complete": len(complete),
+            "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         }
         if complete and len(self.directions) == 1:
             best = study.best_trial
