@@ -128,11 +128,22 @@ def plot(report: dict[str, Any], path: Path) -> None:
         [0.0 if r["ci_lo"] is None else max(0.0, r["improvement"] - r["ci_lo"]) for r in rows],
         [0.0 if r["ci_hi"] is None else max(0.0, r["ci_hi"] - r["improvement"]) for r in rows],
     ]
-    ax.barh([r["metric"] for r in rows], gains, color=colours, xerr=errors, capsize=3, ecolor="black")
+    ax.barh([r["metric"] for r in rows], gains, color=colours)
+    with_ci = [i for i, r in enumerate(rows) if r["ci_lo"] is not None]  # val losses have no items
+    ax.errorbar(
+        [gains[i] for i in with_ci],
+        with_ci,
+        xerr=[[errors[0][i] for i in with_ci], [errors[1][i] for i in with_ci]],
+        fmt="none",
+        capsize=3,
+        ecolor="black",
+    )
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("improvement over base with CI (positive = better; red = significant regression)")
-    ax.set_title("Forgetting report: domain (blue) and general (green) metrics")
+    ax.set_xlabel("improvement over base, 95% CI\n(positive = better; red = significant regression)")
+    kls = [f"{r['metric'].split('/')[1]} {r['tuned']:.3g}" for r in report["rows"] if r["informational"]]
+    title = "Forgetting report: domain (blue) and general (green) metrics"
+    ax.set_title(title + (f"\nKL(base ‖ tuned) on validation: {', '.join(kls)}" if kls else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -315,10 +315,10 @@ def compare_metric(
         mde = min_detectable_effect(n, float(xb.mean()), config.alpha, config.power)
     else:
         p = permutation_p(spec, xb, xt, config.n_boot, _rng(config.seed, ids, "perm"))
-        base_value = estimate(spec, xb.sum(0), n)
-        se = float(np.std(improvement(np.full_like(est_b, base_value), est_b, lower_is_better)))
+        # the paired design's own standard error: the bootstrap spread of the improvement itself
+        se = float(np.std(replicates))
         z = NormalDist().inv_cdf(1 - config.alpha / 2) + NormalDist().inv_cdf(config.power)
-        mde = z * math.sqrt(2) * se  # independent errors, as in min_detectable_effect
+        mde = z * se
     test = "mcnemar" if binary else "permutation"
     return MetricStats(n, float(lo), float(hi), float(p), float(mde), test, replicates)
 
