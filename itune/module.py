@@ -330,6 +330,11 @@ class InstructionTuner(L.LightningModule):
         if self.kl_base == "frozen_copy":  # not a submodule, so Lightning does not move it
             self.base_copy.to(self.device)
 
+    def on_fit_start(self) -> None:
+        # transformers' from_pretrained returns the model in eval mode and Lightning keeps the mode it
+        # finds: without this, dropout (LoRA's included) would be off for the whole run
+        self.model.train()
+
     def on_train_start(self) -> None:
         self.on_validation_start()  # a regularizer's frozen copy follows the model to its device
 

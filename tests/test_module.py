@@ -71,3 +71,34 @@ def test_liger_switch_without_the_package_says_what_to_do():
         pytest.skip("liger-kernel is installed")
     with pytest.raises(ImportError, match="model.liger_kernel=false"):
         apply_liger_kernel(tiny_llama())
+
+
+def test_a_model_loaded_in_eval_mode_trains_in_train_mode():
+    """transformers' from_pretrained returns eval mode and Lightning keeps the mode it finds: training
+    must still run with dropout (LoRA's included) on."""
+    import lightning as L
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import DataLoader
+
+    model = tiny_llama(vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.5)).eval()
+    module = InstructionTuner(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    seen: list[bool] = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(all(m.training for m in pl_module.model.modules()))
+
+    ids = torch.randint(0, 50, (2, 6))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[Spy()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, DataLoader([batch], batch_size=None))
+    assert seen and all(seen)
