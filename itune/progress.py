@@ -6,7 +6,7 @@ for minutes, so `progress_bar(mode="auto")` picks `LogProgress` there: one `logg
 
     train step 20/50 (40%) | loss 2.314 | lr 0.0002 | 1,520 tok/s | elapsed 2:10 | ETA 3:15
 
-and the same for validation, test and predict batches. On a terminal it is `StepRichProgressBar`, Lightning's
+and the same for validation batches. On a terminal it is `StepRichProgressBar`, Lightning's
 Rich bar that counts optimizer steps (`Step 12/50`) on step-limited runs instead of `Epoch 0/-2`.
 """
 
@@ -196,7 +196,7 @@ class LogProgress(ProgressBar):
             done = trainer.global_step - self._start_step
             log.info("train done: %d steps in %s", done, format_duration(self._train.elapsed))
 
-    # -- validation, test, predict
+    # -- validation (itune runs no trainer.test/predict)
     def _eval_start(self) -> None:
         self._eval, self._eval_done = Ticker(self.every_n_steps, self.every_s), 0
 
@@ -212,11 +212,10 @@ class LogProgress(ProgressBar):
     def _eval_end(self, what: str, trainer: L.Trainer) -> None:
         if not self._enabled or trainer.sanity_checking:
             return
-        prefix = {"validation": "val/", "test": "test/"}.get(what)
         metrics = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
-            if prefix and k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
+            if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1
         }
         line = f"{what} done: {self._eval_done} batches in {format_duration(self._eval.elapsed)}"
         if trainer.state.fn == "fit":
@@ -240,40 +239,6 @@ class LogProgress(ProgressBar):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_end("validation", trainer)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start()
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch("test", sum(trainer.num_test_batches))
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_end("test", trainer)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start()
-
-    def on_predict_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch("predict", sum(trainer.num_predict_batches))
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_end("predict", trainer)
 
 
 class StepRichProgressBar(RichProgressBar):
