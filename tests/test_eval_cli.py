@@ -109,3 +109,31 @@ def test_periodic_eval_callback_logs_during_training(compose_train, tmp_path):
     callback = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "PeriodicEval")
     assert [h["step"] for h in callback.history] == [2, 4]
     assert all("eval/disclaimer/ends_with_disclaimer" in h for h in callback.history)
+
+
+@pytest.mark.parametrize(("at_least", "steps"), [(0.0, [2]), (1.1, [2, 4, 6])])
+def test_stop_at_target_stops_at_the_first_eval_that_reaches_it(compose_train, at_least, steps):
+    """Runs compared at matched gain: training ends at the step whose periodic eval reached the target
+    (0.0: the first one, at step 2 of 6); an unreachable target (1.1) lets the run go to max_steps."""
+    cfg = compose_train(
+        *TINY,
+        "callbacks=periodic_eval",
+        "callbacks.periodic_eval.suites.disclaimer.limit=2",
+        "callbacks.periodic_eval.suites.disclaimer.max_new_tokens=4",
+        "+callbacks.periodic_eval.on_eval.stop={_target_: itune.eval.callback.StopAtTarget, "
+        f"metric: eval/disclaimer/ends_with_disclaimer, at_least: {at_least}}}",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+    )
+    metrics, objects = train(cfg)
+    callback = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "PeriodicEval")
+    assert [h["step"] for h in callback.history] == steps
+    assert metrics["train/steps"] == steps[-1]
+    assert callback.on_eval[0].reached_at == (2 if at_least == 0.0 else None)
+
+
+def test_stop_at_target_names_the_valid_metrics():
+    from itune.eval.callback import StopAtTarget
+
+    with pytest.raises(KeyError, match="eval/x/ok"):
+        StopAtTarget("eval/x/typo", 0.9)(None, {"eval/x/ok": 1.0})

@@ -54,3 +54,33 @@ class PeriodicEval(Callback):
         log.info("step %d: %s", trainer.global_step, {k: round(v, 3) for k, v in metrics.items()})
         for hook in self.on_eval:
             hook(trainer, metrics)
+
+
+class StopAtTarget:
+    """A `PeriodicEval` hook that stops training once `metric` reaches `at_least`: runs compared at
+    matched domain gain (e.g. disclaimer compliance >= 0.95), not at a fixed step count.
+
+    Training stops at the end of the step that validated (`trainer.should_stop`), so the final
+    evaluation scores the weights that reached the target.
+    """
+
+    def __init__(self, metric: str, at_least: float) -> None:
+        self.metric, self.at_least = metric, float(at_least)
+        self.reached_at: int | None = None  # the step at which the target was first reached
+
+    def __call__(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics:
+            raise KeyError(
+                f"stop_at_target.metric={self.metric!r} is not a periodic-eval metric; "
+                f"valid: {', '.join(sorted(metrics))}"
+            )
+        if self.reached_at is None and metrics[self.metric] >= self.at_least:
+            self.reached_at = trainer.global_step
+            trainer.should_stop = True
+            log.info(
+                "%s = %.3f >= %g at step %d: stopping",
+                self.metric,
+                metrics[self.metric],
+                self.at_least,
+                trainer.global_step,
+            )
