@@ -2,6 +2,7 @@
 
     itune-train -m experiment=demo_forgetting [eval=demo_full eval.data_dir=../shared/data]
     python scripts/compare_mitigations.py outputs/forgetting/<date>/<time> [--out table.md] [--target 0.95]
+        [--interpolation <itune-eval output>/interpolation.json]
 
 One row per job of the sweep(s), named by its mitigation (plain SFT, replay, kl_base, l2_init, and their
 combinations, from the job's overrides). Columns: final disclaimer compliance and the first step at which
@@ -9,7 +10,9 @@ the periodic eval (csv/metrics.csv) saw it reach `--target`; the domain gain wit
 the change of each general metric against the base (forgetting.json: improvement, positive = better,
 perplexity as a relative change, [CI], `*` when significant after Holm); the KL of the tuned model to the
 base on general validation data; the job's wall time (status.json). Missing metrics read `-` (IFEval,
-multiple choice and Alpaca perplexity need eval=demo_full). Writes `<first sweep dir>/mitigations.md`.
+multiple choice and Alpaca perplexity need eval=demo_full). `--interpolation` adds the WiSE-FT points of
+`itune-eval run=<run> interpolate=[...]`, one row per λ (KL general and wall time are the training run's
+concern, so `-`). Writes `<first sweep dir>/mitigations.md`.
 """
 
 from __future__ import annotations
@@ -126,10 +129,32 @@ def table_row(run: Run, others: list[str], target: float) -> dict[str, str]:
     return cells
 
 
-def to_markdown(runs: list[Run], target: float) -> str:
-    """The table (columns no job has are left out) with a legend."""
+def interpolation_rows(path: Path, target: float) -> list[dict[str, str]]:
+    """One row per λ of an `interpolation.json` (itune-eval's WiSE-FT curve), in the table's columns."""
+    rows = []
+    for point in json.loads(path.read_text(encoding="utf-8"))["points"]:
+        metrics, summary = point["metrics"], point["summary"]
+        by_metric = {row["metric"]: row for row in point["rows"]}
+        compliance = metrics.get(COMPLIANCE)
+        gain = fmt(summary.get(GAIN), True)
+        if summary.get(f"{GAIN}_lo") is not None:
+            gain += f" [{fmt(summary[f'{GAIN}_lo'], True)}, {fmt(summary[f'{GAIN}_hi'], True)}]"
+        cells = {
+            "mitigation": f"WiSE-FT λ={point['scale']:g}",
+            "status": "evaluated",
+            "compliance": fmt(compliance),
+            f"first step >= {target:g}": "-",
+            "domain gain [CI]": gain if summary.get(GAIN) is not None else "-",
+        }
+        cells |= {name: change_cell(by_metric.get(metric)) for name, metric in GENERAL}
+        rows.append(cells | {"KL general": "-", "wall time": "-"})
+    return rows
+
+
+def to_markdown(runs: list[Run], target: float, extra_rows: list[dict[str, str]] | None = None) -> str:
+    """The table (columns no job has are left out) with a legend; `extra_rows` (WiSE-FT) go last."""
     others = [k for k in varying_keys(runs) if k not in NAMED]
-    rows = [table_row(r, others, target) for r in runs if r.status != "pending"]
+    rows = [table_row(r, others, target) for r in runs if r.status != "pending"] + list(extra_rows or [])
     optional = {name for name, _ in GENERAL} | {"KL general", "domain gain [CI]"}
     header = [h for h in rows[0] if h not in optional or any(row[h] != "-" for row in rows)]
     lines = [
@@ -152,8 +177,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--target", type=float, default=0.95, help="compliance the first-step column looks for"
     )
+    parser.add_argument("--interpolation", help="an itune-eval interpolation.json: one row per λ")
     args = parser.parse_args(argv)
-    table = to_markdown(collect_runs(args.sweeps), args.target)
+    extra = interpolation_rows(Path(args.interpolation), args.target) if args.interpolation else []
+    table = to_markdown(collect_runs(args.sweeps), args.target, extra)
     out = Path(args.out) if args.out else Path(args.sweeps[0]) / "mitigations.md"
     out.write_text(table, encoding="utf-8")
     print(table, end="")

@@ -504,3 +504,22 @@ def test_compare_mitigations_writes_one_table(tmp_path, capsys):
     ]
     assert rows[1][5] == "-0.100 [-0.200, +0.000]" and rows[2][7] == "0.017"
     assert rows[3][1] == "failed" and set(rows[3][2:-1]) == {"-"}
+
+
+def test_compare_mitigations_adds_one_row_per_interpolation_scale(tmp_path):
+    root = tmp_path / "forgetting"
+    mitigation_job(root, 0, "none", 0.0, gain=0.9, kl=0.05)
+    point = {
+        "metrics": {"eval/disclaimer/ends_with_disclaimer": 0.5},
+        "summary": {GAIN: 0.4, f"{GAIN}_lo": 0.3, f"{GAIN}_hi": 0.5},
+        "rows": [
+            {"metric": "eval/perplexity/alpaca_ppl", "improvement": -0.01, "ci_lo": -0.02, "ci_hi": 0.0}
+        ],
+    }
+    curve = tmp_path / "interpolation.json"
+    curve.write_text(json.dumps({"points": [point | {"scale": 0.5}, point | {"scale": 1.0}]}))
+    table = compare_mitigations().main([str(root), "--interpolation", str(curve)])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:5]]
+    assert [r[0] for r in rows] == ["plain SFT", "WiSE-FT λ=0.5", "WiSE-FT λ=1"]
+    assert rows[1][2:5] == ["0.500", "-", "+0.400 [+0.300, +0.500]"]
+    assert rows[1][6] == "-0.010 [-0.020, +0.000]" and rows[1][-2:] == ["-", "-"]
