@@ -113,6 +113,9 @@ def chat_loop(
 
 def run_chat(cfg: DictConfig, stdin: TextIO | None = None, console: Console | None = None) -> int:
     """itune-chat: load `run` (or `model` + `template`) and chat on the terminal; returns the reply count."""
+    from itune.config_schema import check_group_keys
+
+    check_group_keys(cfg)  # a misspelt model/eval key fails before anything loads
     import sys
 
     model, tokenizer, template = load_model(cfg, merged=cfg.get("merge", True))

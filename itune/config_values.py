@@ -1,6 +1,6 @@
 """Values checked where they are named, before any data or model loads: types, ranges, data files.
 
-`check_values(cfg)` runs with `check_config` at the start of every job. Each rule names the key, the value
+`value_problems(cfg)` runs within `check_config` at the start of every job. Each rule names the key, the value
 and what would be valid (`optimizer.lr='fast': expected a number > 0, e.g. 2e-4`), so a bad override
 fails in a second instead of deep inside the scheduler or the data loader.
 """
@@ -22,6 +22,10 @@ def _number(v: Any) -> bool:
 
 def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _boolean(v: Any) -> bool:
+    return isinstance(v, bool)
 
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -52,6 +56,23 @@ RULES: dict[str, Rule] = {
     "trainer.gradient_clip_val": (lambda v: v is None or (_number(v) and v >= 0), "null or a number >= 0"),
     "trainer.val_check_interval": (lambda v: v is None or (_number(v) and v > 0), "null or a number > 0"),
     "trainer.log_every_n_steps": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "model.gradient_checkpointing": (_boolean, "true or false"),
+    "model.compile": (_boolean, "true or false"),
+    "model.liger_kernel": (_boolean, "true or false"),
+    "model.chunked_loss": (
+        lambda v: _boolean(v) or (_integer(v) and v >= 1),
+        "true, false or tokens per chunk (an integer >= 1)",
+    ),
+    "eval.on_base": (_boolean, "true or false"),
+    "eval.threshold": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "eval.show_samples": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "eval.general_sources": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+        "a list of data source names, e.g. [general]",
+    ),
+    "eval.stats.n_boot": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "eval.stats.alpha": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "eval.stats.power": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
 }
 SOURCE_RULES: dict[str, Rule] = {
     "weight": (lambda v: _number(v) and v >= 0, "a number >= 0 (its share of the mixture)"),

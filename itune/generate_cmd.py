@@ -46,6 +46,9 @@ def run_generate(cfg: DictConfig) -> list[dict[str, Any]]:
     Returns:
         the output rows (input keys + `answer`).
     """
+    from itune.config_schema import check_group_keys
+
+    check_group_keys(cfg)  # a misspelt model/eval key fails before anything loads
     rows = read_prompts(list(cfg.get("prompts") or []), cfg.get("input"))
     conversations = [
         to_conversation(r, cfg.get("system_prompt"), f"{cfg.get('input') or 'prompts'}, item {i + 1}")

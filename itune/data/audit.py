@@ -486,6 +486,9 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
     `cfg.fail_on` dropped, redacted, flagged or truncated any row; ValueError for an unknown `fail_on` name
     (before reading any data).
     """
+    from itune.config_schema import check_group_keys
+
+    check_group_keys(cfg)  # a misspelt model/eval key fails before anything loads
     from hydra.utils import instantiate
 
     fail_on = fail_on_steps(cfg.get("fail_on"), cfg.data.get("curate"))

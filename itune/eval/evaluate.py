@@ -35,6 +35,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     items_base.jsonl and forgetting.{json,md,png} into `cfg.run_dir`; with `interpolate` also
     interpolation.{json,md,png} (see `interpolation_curve`).
     """
+    from itune.config_schema import check_group_keys
+
+    check_group_keys(cfg)  # a misspelt model/eval key fails before anything loads
     out = Path(cfg.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, template = load_model(cfg)
