@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from itune.data.step_tokens import STEP_TOKENS, STEP_WINDOW, StepLayout, step_span
 from itune.data.templates import IGNORE_INDEX
 from itune.losses import HeadSplit, chunked_token_losses, head_split_error, split_lm_head, token_kl
 from itune.model import base_changing_init
@@ -51,6 +53,23 @@ def model_inputs(batch: dict[str, Any], flash: bool) -> dict[str, Any]:
     if flash and "position_ids" in batch and "cu_seq_lens_q" in batch:
         inputs |= {k: batch[k] for k in FLASH_VARLEN_INPUTS}
     return inputs
+
+
+def accepts_loss_kwargs(model: nn.Module) -> bool:
+    """Whether the (peft-unwrapped) model's forward takes `num_items_in_batch` (transformers' LMs do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    accepts = getattr(base, "accepts_loss_kwargs", None)
+    if accepts is not None:
+        return bool(accepts)
+    params = inspect.signature(base.forward).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD or p.name == "num_items_in_batch" for p in params)
+
+
+def all_ranks_sum(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over the ranks of the default process group: one all-reduce, on a copy."""
+    value = value.clone()
+    torch.distributed.all_reduce(value)
+    return value
 
 
 def resolve_kl_base(kl_base: bool | str, peft: bool, base_changed: str | None = None) -> str:
@@ -131,7 +150,8 @@ def packed_isolation_error(model: nn.Module, lengths: tuple[int, int] = (5, 7)) 
 class InstructionTuner(L.LightningModule):
     """Fine-tunes a causal LM on batches of input_ids/labels/attention_mask.
 
-    The loss is the mean over trained tokens (labels != IGNORE_INDEX) of the batch, padded or packed (a
+    The loss of an optimizer step is the mean over all its trained tokens (labels != IGNORE_INDEX): those
+    of its gradient-accumulation micro-batches on every rank (`training_loss`), padded or packed (a
     packed batch carries `position_ids` that restart per example instead of an attention mask, and masks
     the first label of every example, so the trained tokens are the same). Validation reports
     `val/loss` over all held-out tokens and `val/<source>/loss` per data source, and (unless
@@ -146,7 +166,8 @@ class InstructionTuner(L.LightningModule):
         source_names: names of the validation sources, by index of the batch's `source` field.
         fused_cross_entropy: train with the model's own loss (`labels=` passed to the model) instead of
             materialising the logits; with `model.liger_kernel=true` that is liger-kernel's fused, chunked
-            linear cross-entropy (same mean over trained tokens, far less memory for large vocabularies).
+            linear cross-entropy (same mean over trained tokens, far less memory for large vocabularies;
+            it gets the step's token count as `num_items_in_batch`).
         kl_base: the base model of the validation KL (see `resolve_kl_base`): `auto` (the adapter
             disabled under peft, off for full fine-tuning), `adapter`, `frozen_copy` (a deep copy of the
             base taken here, before training; outside the state dict, so checkpoints do not grow) or
@@ -181,7 +202,11 @@ class InstructionTuner(L.LightningModule):
         self.scheduler_factory = scheduler
         self.source_names = list(source_names or [])
         self.fused_cross_entropy = fused_cross_entropy
+        self.loss_kwargs = fused_cross_entropy and accepts_loss_kwargs(model)
         self.flash = uses_flash_attention(model)
+        self.step_count: tuple[int, int, torch.Tensor] | None = None  # (first, end batch, N_step) of the step
+        self.log_sums: torch.Tensor | None = None  # the step's logged parts, summed over its micro-batches
+        self.warned_unannotated = False
         if not isinstance(chunked_loss, bool) and not (isinstance(chunked_loss, int) and chunked_loss >= 1):
             raise ValueError(
                 f"chunked_loss={chunked_loss!r}: expected true, false or tokens per chunk (>= 1)"
@@ -261,33 +286,118 @@ class InstructionTuner(L.LightningModule):
             self.head_split = split
         return self.head_split if isinstance(self.head_split, HeadSplit) else None
 
+    def step_layout(self) -> StepLayout:
+        """Micro-batches a step, ranks and batches an epoch, from the trainer (1, 1, inf without one)."""
+        trainer = self._trainer
+        if trainer is None:
+            return StepLayout()
+        return StepLayout(
+            accumulate=int(getattr(trainer, "accumulate_grad_batches", 1)),
+            world_size=int(getattr(trainer, "world_size", 1)),
+            batches=float(getattr(trainer, "num_training_batches", math.inf)),
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.training_loss(batch, batch_idx, self.step_layout())
+        self.log_train_step(parts, batch, batch_idx)
+        return loss
+
+    def training_loss(
+        self, batch: dict[str, Any], batch_idx: int, layout: StepLayout
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to backpropagate for one micro-batch, and its parts for the log.
+
+        The cross-entropy part is the sum of the micro-batch's token losses x k·W / N_step (k micro-batches
+        a step, W ranks, N_step the trained tokens of the step's micro-batches on all ranks, from
+        `step_tokens`): Lightning divides it by k and DDP averages the gradients over the W ranks, so a
+        step's gradient is that of the mean over all its trained tokens, however they are split into
+        micro-batches and ranks. A regularizer keeps its per-step semantics (see `regularized`).
+        """
         if "position_ids" in batch and not self.isolation_checked:
             self.check_packing()
         inputs = model_inputs(batch, self.flash)
         trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        n_step = self.step_tokens(batch, batch_idx, trained, layout).clamp(min=1)
+        share = layout.accumulate * layout.world_size
         kl = None  # per-row KL(base ‖ tuned), for a regularizer that needs it
-        if self.fused_cross_entropy:  # the model's loss: mean over the shifted labels that are trained
-            loss = self.model(**inputs, labels=batch["labels"], use_cache=False).loss
+        if self.fused_cross_entropy:  # the model's loss: sum over the trained shifted labels / items
+            ce = self.model_loss(inputs, batch["labels"], trained, n_step / share)
         else:
             needs_kl = self.regularizer is not None and self.regularizer.needs_base
             losses, kl = self.losses_and_kl(inputs, batch["labels"], needs_kl)
-            loss = losses.sum() / trained.clamp(min=1)
-        loss, terms = self.regularized(loss, kl, trained)
-        self.log_train_step(loss, trained, batch, terms)
-        return loss
+            ce = losses.sum() * share / n_step
+        loss, terms = self.regularized(ce, kl, trained)
+        return loss, {"ce": ce.detach() / share, **terms}
+
+    def model_loss(
+        self, inputs: dict[str, Any], labels: torch.Tensor, trained: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """The model's own loss (liger's fused kernel when applied) as its token losses' sum / `items`.
+
+        transformers' causal LMs (and liger's patched forwards) take `num_items_in_batch` and then divide
+        the sum by it; a model whose forward does not gets its mean x the trained tokens / `items`.
+        """
+        if self.loss_kwargs:
+            return self.model(**inputs, labels=labels, use_cache=False, num_items_in_batch=items).loss
+        return self.model(**inputs, labels=labels, use_cache=False).loss * trained / items
+
+    def step_tokens(
+        self, batch: dict[str, Any], batch_idx: int, trained: torch.Tensor, layout: StepLayout
+    ) -> torch.Tensor:
+        """N_step: the trained tokens of the optimizer step's micro-batches on all ranks, counted once a step.
+
+        At the step's first micro-batch (or the first one seen after a resume mid-step), the batch's
+        `step_tokens_ahead` (read ahead by `itune.data.step_tokens.StepTokenLoader`) give this rank's
+        count, summed over the ranks in one all-reduce (no copy to the host); the step's other micro-batches
+        reuse it. A batch without them (a plain DataLoader) counts its own tokens: exact without gradient
+        accumulation; with it, every micro-batch is then its own mean (a warning says so).
+        """
+        first, end = step_span(batch_idx, layout)
+        cached = self.step_count
+        if cached is not None and batch_idx != first and cached[0] <= batch_idx < cached[1]:
+            return cached[2]
+        ahead = batch.get(STEP_TOKENS)
+        if ahead is None:
+            if layout.accumulate > 1 and not self.warned_unannotated:
+                self.warned_unannotated = True
+                log.warning(
+                    "training batches without %s (not from itune's StepTokenLoader): with "
+                    "accumulate_grad_batches=%d each micro-batch's loss is its own token mean",
+                    STEP_TOKENS,
+                    layout.accumulate,
+                )
+            count, end = trained * layout.accumulate, batch_idx + 1
+        else:
+            if ahead.numel() < end - batch_idx:
+                if ahead.numel() >= batch[STEP_WINDOW]:
+                    raise RuntimeError(
+                        f"the training loader reads {batch[STEP_WINDOW]} batch(es) ahead but this step has "
+                        f"{end - batch_idx} more (trainer.accumulate_grad_batches={layout.accumulate}); give "
+                        "StepTokenLoader a window of at least accumulate_grad_batches"
+                    )
+                end = batch_idx + ahead.numel()  # the data ends inside this step; Lightning steps there
+            count = ahead[: end - batch_idx].sum()
+        if layout.world_size > 1:
+            count = all_ranks_sum(count)
+        self.step_count = (batch_idx, end, count)
+        return count
 
     def regularized(
         self, ce: torch.Tensor, kl: torch.Tensor | None, trained: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training loss, `ce` + weight * the regularizer's value, and the terms logged apart:
-        `train/ce` and `train/<name>` (the unweighted value)."""
+        """The micro-batch's loss, `ce` + weight * the regularizer's value, and that value (unweighted, as
+        `train/<name>`).
+
+        The term keeps its per-step semantics: every micro-batch adds weight x its own value (the KL is the
+        mean over this micro-batch's trained tokens), so after Lightning's division by k and DDP's average
+        a step's term is the mean of its micro-batches' values over micro-batches and ranks, not a mean
+        over the step's tokens as the cross-entropy is.
+        """
         if self.regularizer is None:
-            return ce, {"train/ce": ce}
+            return ce, {}
         kl_mean = None if kl is None else kl.sum() / trained.clamp(min=1)
         value = self.regularizer(self.model, kl_mean)
-        terms = {"train/ce": ce, f"train/{self.regularizer.name}": value}
-        return ce + self.regularizer.weight * value, terms
+        return ce + self.regularizer.weight * value, {f"train/{self.regularizer.name}": value}
 
     def log_due(self) -> bool:
         """Whether the loggers write this step (every `trainer.log_every_n_steps` steps, and the last)."""
@@ -301,27 +411,40 @@ class InstructionTuner(L.LightningModule):
             or trainer.is_last_batch
         )
 
-    def log_train_step(
-        self,
-        loss: torch.Tensor,
-        trained: torch.Tensor,
-        batch: dict[str, Any],
-        terms: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        """`train/loss` (+ `terms`), token counts and `train/lr`, at the steps the loggers write only, copied
-        to the host in one transfer: no `self.log` work and no host-device sync on the other steps."""
-        if not self.log_due():
+    def log_train_step(self, parts: dict[str, torch.Tensor], batch: dict[str, Any], batch_idx: int) -> None:
+        """The step's `train/loss` (the mean over its trained tokens on all ranks, + the regularizer's
+        weighted mean over its micro-batches), `train/ce`, `train/<name>`, token counts and `train/lr`.
+
+        The micro-batches' parts add up on the device; at the step's last micro-batch, at the steps the
+        loggers write only, they are summed over the ranks and copied to the host in one transfer: no
+        `self.log` work and no host-device sync on the other micro-batches and steps.
+        """
+        first, end, n_step = self.step_count
+        names = list(parts)[1:]  # the regularizer's term
+        real = batch.get("num_real_tokens", torch.zeros((), device=n_step.device))
+        rows = batch.get("num_row_tokens", torch.zeros((), device=n_step.device))
+        values = [parts["ce"], torch.ones_like(parts["ce"]), real, rows, *(parts[k] for k in names)]
+        vector = torch.stack([v.detach().double().reshape(()) for v in values])
+        self.log_sums = vector if batch_idx == first or self.log_sums is None else self.log_sums + vector
+        if batch_idx + 1 < end or not self.log_due():
             return
-        values = {"train/loss": loss, **(terms or {}), "train/trained_tokens": trained}
-        if "num_real_tokens" in batch:  # real (not padding) tokens, and their share of the batch
-            real = batch["num_real_tokens"]
-            values |= {"train/real_tokens": real, "train/token_efficiency": real / batch["num_row_tokens"]}
-        host = torch.stack([v.detach().float().reshape(()) for v in values.values()]).cpu()
+        sums = all_ranks_sum(self.log_sums) if self.step_layout().world_size > 1 else self.log_sums
+        host = torch.cat([sums, n_step.double().reshape(1)]).cpu().tolist()
+        ce, micro, real_sum, row_sum, *terms = host[:-1]
+        logged = {"train/ce": ce, **{k: v / micro for k, v in zip(names, terms, strict=True)}}
+        weight = self.regularizer.weight if self.regularizer is not None else 0.0
+        logged = {"train/loss": ce + weight * sum(terms) / micro, **logged, "train/trained_tokens": host[-1]}
+        if "num_real_tokens" in batch:  # real (not padding) tokens, and their share of the step's rows
+            logged |= {"train/real_tokens": real_sum, "train/token_efficiency": real_sum / max(row_sum, 1)}
         bs = batch["input_ids"].size(0)
-        for key, value in zip(values, host, strict=True):
+        for key, value in logged.items():
             total = key.endswith("_tokens")
             self.log(
-                key, value, prog_bar=key == "train/loss", reduce_fx="sum" if total else "mean", batch_size=bs
+                key,
+                torch.tensor(value, dtype=torch.float32),
+                prog_bar=key == "train/loss",
+                reduce_fx="sum" if total else "mean",
+                batch_size=bs,
             )
         lr = torch.tensor(self.optimizers().param_groups[0]["lr"])  # on the host: no copy to the device
         self.log("train/lr", lr, prog_bar=True, batch_size=bs)

@@ -36,6 +36,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler
 
+from itune.data.step_tokens import StepTokenLoader
+
 log = logging.getLogger(__name__)
 
 
@@ -128,7 +130,13 @@ class ResumeState(Callback):
             if isinstance(loader.sampler, RandomSampler)
             else loader.sampler
         )
-        return DataLoader(
+        # the loader's own class, so a StepTokenLoader keeps reading the step's trained tokens ahead
+        cls, extra = (
+            (StepTokenLoader, {"window": loader.window})
+            if isinstance(loader, StepTokenLoader)
+            else (DataLoader, {})
+        )
+        return cls(
             loader.dataset,
             batch_sampler=ResumableBatchSampler(sampler, loader.batch_size, loader.drop_last, self),
             collate_fn=loader.collate_fn,
@@ -137,6 +145,7 @@ class ResumeState(Callback):
             worker_init_fn=loader.worker_init_fn,
             persistent_workers=loader.persistent_workers,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds, not the global RNG
+            **extra,
         )
 
     def start_position(self, epoch: int) -> tuple[int, int]:

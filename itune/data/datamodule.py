@@ -7,6 +7,7 @@ Every row that does not reach the mixture is counted in `self.audit` (per source
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 from datasets import Dataset, IterableDataset, concatenate_datasets, interleave_datasets
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from itune.data import audit as au
@@ -26,6 +28,7 @@ from itune.data.curate import Filter, build_filters, curate_batch, snippet
 from itune.data.formats import RowError, get_format, to_messages
 from itune.data.mix import draw_indices, format_table, mix_counts, mixture_table, mixture_warnings
 from itune.data.sources import SourceError, load_jsonl_skipping, load_source
+from itune.data.step_tokens import StepTokenLoader
 from itune.data.templates import IGNORE_INDEX, Template
 
 log = logging.getLogger(__name__)
@@ -155,15 +158,18 @@ def encode_batch(
 
 
 class StreamSetFilter:
-    """Set filters (duplicates) of one stream: their state lives in this object, so it is per stream."""
+    """Set filters (duplicates) of one stream: their state lives in this object, so it is per stream, and
+    starts afresh with every pass over it (`idx` 0: an epoch, a rank's or a DataLoader worker's shard)."""
 
     def __init__(self, filters: list[Filter], source: str) -> None:
         self.positions = [(pos, f) for pos, f in enumerate(filters) if f.stage == "set"]
         self.indexes = {f.name: f.index() for _, f in self.positions}
         self.source, self.n_filters = source, len(filters)
 
-    def __call__(self, row: dict[str, Any]) -> bool:
+    def __call__(self, row: dict[str, Any], idx: int = -1) -> bool:
         """True when the row survives every filter (row filters already marked it in `drop_at`)."""
+        if idx == 0:
+            self.indexes = {f.name: f.index() for _, f in self.positions}
         for pos, f in self.positions:
             if pos >= row["drop_at"]:
                 break
@@ -187,11 +193,12 @@ class InstructDataModule(L.LightningDataModule):
         max_length: token budget per example.
         overlength: `drop` or `truncate` examples longer than max_length (counted either way).
         on_bad_row: `error` stops at the first malformed row naming file and row; `skip` counts it.
-        streaming: read sources lazily and interleave them by weight (see the README for what differs).
+        streaming: read sources lazily and interleave them by weight (see the README for what differs);
+            under several ranks each rank reads and interleaves its own shard (`train_stream`).
         streaming_audit_rows: in streaming mode, rows per source the audit and validation set are drawn from.
         shuffle_buffer: streaming shuffle buffer (examples).
         audit_examples: examples kept per filter, action and source in the audit (PII-redacted).
-        batch_size: training examples per step (per device).
+        batch_size: training examples a batch (per device; an optimizer step takes accumulate_grad_batches).
         eval_batch_size: validation batch size (default: batch_size).
         num_workers: DataLoader worker processes.
         pad_to_multiple_of: round padded lengths up (8 suits tensor cores).
@@ -653,7 +660,10 @@ class InstructDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------ streaming
     def _setup_streaming(self) -> None:
-        """Lazy sources interleaved by weight; the audit and validation rows come from each source's head."""
+        """Lazy sources interleaved by weight; the audit and validation rows come from each source's head.
+
+        `train_set` is the one-process stream; `train_stream` splits it by rank and DataLoader worker.
+        """
         heads, streams = [], []
         for src in self.sources:
             stream = load_source(src.path, split=src.split, subset=src.subset, streaming=True)
@@ -666,7 +676,7 @@ class InstructDataModule(L.LightningDataModule):
         if isinstance(self.num_samples, str):
             raise ValueError("data.num_samples=<source name> needs the sources' sizes; not with streaming")
         prepared = self._split(self._prepare(heads), head=True)
-        n_vals = [len(val) for _, val in prepared]
+        val_shas = [_column(val, "sha") for _, val in prepared]
         w = {s.name: s.weight for s in self.sources}
         self._mix(prepared)  # audit, manifest and val set from the heads
         total_w = sum(w.values())
@@ -675,13 +685,17 @@ class InstructDataModule(L.LightningDataModule):
             if w[src.name] <= 0:
                 continue
             formatted = self._format(src, stream).filter(lambda e: not e, input_columns="error")
-            curated = self._curate(formatted).filter(StreamSetFilter(self.filters, src.name))
-            encoded = self._encode(curated.select_columns(["messages", "row", "sha"]))
-            encoded = encoded.filter(
-                lambda nt, ntr, st: self._token_steps(nt, ntr, st)[1] != "dropped",
-                input_columns=["n_tokens", "n_trained", "status"],
+            curated = self._curate(formatted).filter(
+                StreamSetFilter(self.filters, src.name), with_indices=True
             )
-            encoded = encoded.map(lambda r, i=i: {"source": i}).skip(n_vals[i])  # the head's val rows
+            encoded = self._encode(curated.select_columns(["messages", "row", "sha"]))
+            encoded = encoded.filter(  # the head's val rows left out by content: right in any shard
+                lambda nt, ntr, st, sha, val=set(val_shas[i]): (
+                    self._token_steps(nt, ntr, st)[1] != "dropped" and sha not in val
+                ),
+                input_columns=["n_tokens", "n_trained", "status", "sha"],
+            )
+            encoded = encoded.map(lambda r, i=i: {"source": i})
             trains.append(encoded.select_columns(["input_ids", "labels", "source"]))
             probs.append(w[src.name] / total_w)
         mixed = interleave_datasets(
@@ -693,32 +707,48 @@ class InstructDataModule(L.LightningDataModule):
         self.stats.pop("data/rows_train", None)  # unknown until read
 
     # ----------------------------------------------------------------------------------- loaders
+    def train_stream(self, rank: int = 0, world_size: int = 1) -> IterableDataset:
+        """The streaming training data of one rank of `world_size`: disjoint shards whose union is the
+        one-process stream (`datasets.distributed.split_dataset_by_node`).
+
+        When every source has a number of shards (files) that `world_size` divides, each rank reads only its
+        own files; otherwise every rank reads the stream and keeps 1 example out of `world_size`. A
+        DataLoader's workers then split the rank's shards between them (datasets' worker sharding; a
+        worker without a shard stops). So each rank interleaves its shards of the sources by weight, with
+        the same seed; `num_samples` counts the examples of all ranks together; duplicates are found within
+        a shard (or within the stream when every rank reads all of it) and the held-out rows are left
+        out by content on every rank.
+        """
+        if not isinstance(self.train_set, IterableDataset):
+            raise TypeError("train_stream: the training data is not a stream (data.streaming=false)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+        return self.train_set if world_size == 1 else split_dataset_by_node(self.train_set, rank, world_size)
+
+    def accumulation(self) -> int:
+        """Micro-batches an optimizer step (the trainer's `accumulate_grad_batches`; 1 without a trainer)."""
+        return int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1)
+
     def train_dataloader(self) -> DataLoader:
+        """The training batches, each with the trained tokens of the step's batches ahead
+        (`itune.data.step_tokens`), so the loss is the mean over a step's tokens; a stream is split by rank
+        (`train_stream`, rank and world size from the trainer), map-style data by Lightning's sampler."""
+        loader = functools.partial(
+            StepTokenLoader,
+            batch_size=self.batch_size,
+            collate_fn=self.train_collate,
+            num_workers=self.num_workers,
+            window=self.accumulation,
+        )
         if isinstance(self.train_set, IterableDataset):  # packing=true packs each batch (pack_scope=batch)
-            return DataLoader(
-                self.train_set,
-                batch_size=self.batch_size,
-                collate_fn=self.train_collate,
-                num_workers=self.num_workers,
-            )
+            rank, world = getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
+            return loader(self.train_stream(rank, world))
         data = self.train_set.with_format(columns=["input_ids", "labels", "source"])
         if self.packing and self.pack_scope == "dataset":  # items are packed rows; shuffled row order
             data = pk.PackedDataset(data, self.bins)
         elif self.group_by_length and not self.packing:  # a seeded sampler with set_epoch: resumable
-            return DataLoader(
-                data,
-                batch_size=self.batch_size,
-                sampler=pk.LengthGroupedSampler(self.lengths, self.batch_size, self.seed),
-                collate_fn=self.train_collate,
-                num_workers=self.num_workers,
-            )
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=self.train_collate,
-            num_workers=self.num_workers,
-        )
+            return loader(data, sampler=pk.LengthGroupedSampler(self.lengths, self.batch_size, self.seed))
+        return loader(data, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
