@@ -29,6 +29,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.trial import FrozenTrial
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +152,66 @@ def as_values(result: Any, n_objectives: int) -> list[float] | None:
     return values
 
 
-def build_sampler(spec: Any, offset: int) -> optuna.samplers.BaseSampler | None:
-    """The sampler of a `_target_` spec with its `seed` moved on by `offset` (the study's existing trials).
+def build_sampler(spec: Any) -> optuna.samplers.BaseSampler | None:
+    """The sampler of a `_target_` spec; a seeded one is seeded at this process's first trial.
 
-    A seeded sampler restarts its random sequence whenever it is built, so a resumed study would repeat
-    its first suggestions; seeding with seed + trials so far continues it, and stays reproducible.
-    A sampler object is used as it is; None: Optuna's default.
+    A sampler object is used as it is; None: Optuna's default. See `SeededAtFirstTrial`.
     """
     if spec is None or not isinstance(spec, DictConfig | dict):
         return spec
     node = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     assert isinstance(node, dict)
-    if offset and node.get("seed") is not None:
-        node["seed"] = int(node["seed"]) + offset
-    return instantiate(node)
+    return instantiate(node) if node.get("seed") is None else SeededAtFirstTrial(node)
+
+
+class SeededAtFirstTrial(optuna.samplers.BaseSampler):
+    """The sampler of a `_target_` node with a `seed`, built at the first trial this process asks, with
+    `seed + that trial's number`.
+
+    A seeded sampler restarts its random sequence whenever it is built: a resumed study would repeat its
+    first suggestions, and processes sharing a study would all suggest the same ones. The number of a
+    process's first trial is the study's trials so far (a resume continues the sequence, reproducibly) and
+    differs between processes sharing a study (Optuna numbers trials under a lock).
+    """
+
+    def __init__(self, node: dict[str, Any]) -> None:
+        self._node = node
+        self._sampler: optuna.samplers.BaseSampler | None = None
+
+    def _at(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if self._sampler is None:
+            self._sampler = instantiate({**self._node, "seed": int(self._node["seed"]) + trial.number})
+        return self._sampler
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._at(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._at(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._at(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._at(trial).before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        if self._sampler is not None:  # None: a stale trial of another process, told before any ask here
+            self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        if self._sampler is not None:
+            self._sampler.reseed_rng()
 
 
 def ensure_storage_dir(storage: str | None) -> None:
@@ -182,6 +229,17 @@ def absolute_storage(storage: str) -> str:
     if not storage.startswith("sqlite:///") or storage.startswith("sqlite:////"):
         return storage
     return f"sqlite:///{Path(storage.removeprefix('sqlite:///')).resolve()}"
+
+
+def redact(storage: str | None) -> str | None:
+    """A storage URL with its password hidden, for logs and result files.
+
+    >>> redact("postgresql://itune:secret@db.lan/optuna"), redact("sqlite:///s.db")
+    ('postgresql://itune:***@db.lan/optuna', 'sqlite:///s.db')
+    """
+    if not storage or "@" not in storage:
+        return storage
+    return re.sub(r"^([\w+]+://[^:/@]*):[^@]*@", r"\1:***@", storage)
 
 
 def register_plugin() -> None:

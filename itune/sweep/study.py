@@ -5,8 +5,11 @@ a flat copy of that fixed config and its hash in the study's user attrs, names t
 default (`study_name: forgetting-{hash}`), and refuses to add trials to a study that was run with another
 fixed config unless `hydra.sweeper.allow_changed_config=true`.
 
-Trials cut short by Ctrl-C, SIGTERM or a killed sweeper are told FAIL (never left RUNNING) and listed in
-the study's `itune_interrupted_trials` attr: they do not count towards `n_trials`, so a resume replaces them.
+`n_trials` is the study's total, whichever processes run its trials (itune.sweep.shared). The trials that
+count towards it ran to an end: COMPLETE, PRUNED, or FAIL told by the sweeper for a job or launcher that
+failed (the trial's `itune_failed` attr says why). A FAIL without it never ran to an end: cut short by
+Ctrl-C or SIGTERM (`itune_interrupted` says how), left RUNNING by a sweeper that died (found stale, see
+itune.sweep.shared), or given back unused; it does not count, so a resume (or another process) replaces it.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "itune_fixed_config"
 HASH_ATTR = "itune_fixed_config_hash"
-INTERRUPTED_ATTR = "itune_interrupted_trials"
+FAILED_ATTR = "itune_failed"  # trial attrs: why a trial that counts failed ...
+INTERRUPTED_ATTR = "itune_interrupted"  # ... how one that does not count was cut short
+UNUSED_ATTR = "itune_unused"  # ... why one was given back before its job started
 IGNORED_ROOT_KEYS = ("hydra", "run_dir", "optuna_trial")  # where a job writes and reports, not what it does
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+RECORD_WAIT_S = 10.0  # how long a process that found a new study waits for its creator to record its config
 
 
 class StudyConfigError(ValueError):
@@ -74,10 +82,21 @@ def describe_changes(old: Mapping[str, str], new: Mapping[str, str], limit: int 
     return ", ".join(parts) + more if keys else "no key differs (the hash does)"
 
 
-def check_fixed_config(study: optuna.Study, flat: Mapping[str, str], allow_changes: bool) -> None:
-    """Record the fixed config in a new study; refuse (or, if allowed, warn about) a changed one."""
+def check_fixed_config(
+    study: optuna.Study, flat: Mapping[str, str], allow_changes: bool, created: bool = True
+) -> None:
+    """Record the fixed config in a new study; refuse (or, if allowed, warn about) a changed one.
+
+    `created`: this process created the study. Another process that loads a study without a record waits
+    (RECORD_WAIT_S) for its creator's, so two processes starting one study with different configs do not
+    both record theirs.
+    """
     digest = config_hash(flat)
     stored = study.user_attrs.get(HASH_ATTR)
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while stored is None and not created and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stored = study.user_attrs.get(HASH_ATTR)
     if stored is None:
         if study.trials:
             log.warning(
@@ -85,8 +104,8 @@ def check_fixed_config(study: optuna.Study, flat: Mapping[str, str], allow_chang
                 study.study_name,
                 len(study.trials),
             )
+        study.set_user_attr(CONFIG_ATTR, dict(flat))  # the config first: whoever sees the hash finds it
         study.set_user_attr(HASH_ATTR, digest)
-        study.set_user_attr(CONFIG_ATTR, dict(flat))
         return
     if stored == digest:
         return
@@ -101,22 +120,45 @@ def check_fixed_config(study: optuna.Study, flat: Mapping[str, str], allow_chang
     log.warning("%s (allowed: adding trials)", message)
 
 
-def interrupted_trials(study: optuna.Study) -> set[int]:
-    """Numbers of the trials recorded as interrupted."""
-    return {int(n) for n in study.user_attrs.get(INTERRUPTED_ATTR, [])}
-
-
-def mark_interrupted(study: optuna.Study, numbers: Iterable[int]) -> None:
-    """Tell these trials FAIL (if still running) and record them as interrupted."""
-    numbers = set(numbers)
-    if not numbers:
-        return
-    for number in sorted(numbers):
-        study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-    study.set_user_attr(INTERRUPTED_ATTR, sorted(interrupted_trials(study) | numbers))
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards `n_trials`: it ran to an end (see the module docstring)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and FAILED_ATTR in trial.user_attrs
 
 
 def trials_done(study: optuna.Study) -> int:
-    """Finished trials (complete, failed or pruned) that count towards `n_trials`: not the interrupted."""
-    skip = interrupted_trials(study)
-    return sum(t.state in FINISHED and t.number not in skip for t in study.trials)
+    """The study's trials that count towards `n_trials`."""
+    return sum(counts(t) for t in study.get_trials(deepcopy=False))
+
+
+def occupied(trials: Iterable[FrozenTrial], before: int | None = None) -> int:
+    """Slots of `n_trials` taken: trials that count or are RUNNING (of those numbered below `before`)."""
+    return sum(
+        (counts(t) or t.state == TrialState.RUNNING) and (before is None or t.number < before) for t in trials
+    )
+
+
+def _fail(study: optuna.Study, trial: Trial | FrozenTrial, attr: str, why: str) -> bool:
+    """Record `why` in the trial's `attr` and tell it FAIL; False when it was finished already."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, attr, why[:500])
+    except UpdateFinishedTrialError:  # another process failed it first (a stale trial)
+        return False
+    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    return True
+
+
+def mark_failed(study: optuna.Study, trial: Trial | FrozenTrial, why: str) -> None:
+    """Tell FAIL a trial whose job or launcher failed: it counts towards `n_trials`."""
+    _fail(study, trial, FAILED_ATTR, why)
+
+
+def mark_interrupted(study: optuna.Study, trials: Iterable[Trial | FrozenTrial], why: str) -> list[int]:
+    """Tell FAIL the trials cut short (if still running): they do not count. Returns those failed here."""
+    return [t.number for t in trials if _fail(study, t, INTERRUPTED_ATTR, why)]
+
+
+def give_back(study: optuna.Study, trial: Trial, why: str) -> None:
+    """Tell FAIL a trial asked but not run (another process took its slot): it does not count."""
+    _fail(study, trial, UNUSED_ATTR, why)

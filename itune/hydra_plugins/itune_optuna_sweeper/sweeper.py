@@ -2,14 +2,17 @@
 (`optimized_metric` from metrics.json) is the objective. Seeded by the sampler; resumable: the study lives
 in `storage` (SQLite on disk by default), and rerunning the same command runs only the missing trials,
 continuing the sampler's sequence. A study is tied to its fixed (non-searched) config (itune.sweep.study).
-Each job gets `optuna_trial={storage, study, number}` so it can report to its trial and be pruned
-(itune.sweep.pruning); a pruned job returns `Pruned` and its trial is told PRUNED (a failed one FAIL).
+Several processes (machines) can run one study through a shared storage URL, `n_trials` in total
+(itune.sweep.shared). Each job gets `optuna_trial={storage, study, number}` so it can report to its trial
+and be pruned (itune.sweep.pruning); a pruned job returns `Pruned` and its trial is told PRUNED (a failed
+one FAIL). A job's number (`hydra.job.num`, the preset's sweep subdir) is its trial's number.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +32,29 @@ from itune.sweep.optuna import (
     check_space_keys,
     ensure_storage_dir,
     fill_placeholders,
+    redact,
     search_space,
     trial_overrides,
 )
 from itune.sweep.pruning import Pruned, trial_override
+from itune.sweep.shared import (
+    OWNER_ATTR,
+    STALE_BEATS,
+    Heartbeat,
+    beyond_n_trials,
+    fail_heartbeat_stale,
+    rdb_storage,
+    stale_trials,
+    this_sweeper,
+)
 from itune.sweep.study import (
     check_fixed_config,
     config_hash,
     fixed_config,
+    give_back,
+    mark_failed,
     mark_interrupted,
+    occupied,
     trials_done,
 )
 
@@ -58,6 +75,21 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
 
 
+def _runs(trials: list[optuna.trial.Trial]) -> list[list[optuna.trial.Trial]]:
+    """The trials in runs of consecutive numbers (one launch each, so that job numbers are trial numbers).
+
+    >>> [[t.number for t in run] for run in _runs([type("T", (), {"number": n})() for n in (4, 5, 7)])]
+    [[4, 5], [7]]
+    """
+    out: list[list[optuna.trial.Trial]] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        if out and trial.number == out[-1][-1].number + 1:
+            out[-1].append(trial)
+        else:
+            out.append([trial])
+    return out
+
+
 class OptunaSweeper(Sweeper):
     """Args (conf/hydra/sweeper/itune_optuna.yaml):
     sampler: an Optuna sampler's `_target_` node, e.g. TPESampler with a seed (a resumed study seeds it with
@@ -65,9 +97,13 @@ class OptunaSweeper(Sweeper):
     direction: maximize | minimize, or a list of them for several objectives.
     study_name: the study's name; `{hash}` in it is replaced by the hash of the fixed config, so another
         fixed setup gets its own study (and sweep dir, when `hydra.sweep.dir` uses the name).
-    storage: where the study lives (`sqlite:///…` is created on disk; null: in memory).
-    n_trials: trials the study should have in total; a resumed study runs only the missing ones.
+    storage: where the study lives (`sqlite:///…` is created on disk; `postgresql://user@host/db` is shared
+        by processes on several machines; null: in memory).
+    n_trials: trials the study should have in total, whichever processes run them; a resumed study runs only
+        the missing ones, and processes sharing the study split them.
     n_jobs: trials per batch, launched together (in parallel with joblib or submitit launchers).
+    heartbeat_s: a running trial's sweeper records a heartbeat this often; a trial without one for
+        3 heartbeats (its machine died) is failed and run again by a process sharing the study.
     params: {key: sweep}, e.g. {optimizer.lr: "tag(log, interval(1e-5, 1e-3))"}; `{name}` in a key is filled
         from `vars` (a null var leaves the key out). Command-line sweeps and values of the same key win.
     vars: {name: value} for the placeholders of `params` keys, e.g. {general_source: general}.
@@ -85,8 +121,9 @@ class OptunaSweeper(Sweeper):
         params: Any = None,
         vars: Any = None,  # noqa: A002 (the config key users type)
         allow_changed_config: bool = False,
+        heartbeat_s: int = 60,
     ) -> None:
-        del sampler  # built in `sweep` from its config node, seeded for the study's trials so far
+        del sampler  # built in `sweep` from its config node, seeded at this process's first trial
         plain = _plain(direction)
         self.directions = [str(d) for d in plain] if isinstance(plain, list | tuple) else [str(plain)]
         self.study_name, self.storage = study_name, storage
@@ -94,7 +131,11 @@ class OptunaSweeper(Sweeper):
         self.params = _flatten(_plain(params) or {})  # `+hydra.sweeper.params.a.b=…` nests; `a.b:` does not
         self.vars: dict[str, Any] = dict(_plain(vars) or {})
         self.allow_changed_config = bool(allow_changed_config)
+        if int(heartbeat_s) < 1:
+            raise ValueError(f"hydra.sweeper.heartbeat_s={heartbeat_s}: give a number of seconds, at least 1")
+        self.heartbeat_s = int(heartbeat_s)
         self.config: DictConfig | None = None
+        self._rdb: optuna.storages.RDBStorage | None = None  # the storage object, for heartbeats
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -116,34 +157,79 @@ class OptunaSweeper(Sweeper):
         check_space_keys(job_config, space, hint)
         self._check_directions(job_config.get("optimized_metric"))
         fixed_cfg = fixed_config(job_config, space)
-        study = self._open_study(config_hash(fixed_cfg))
-        check_fixed_config(study, fixed_cfg, self.allow_changed_config)
-        stale = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-        if stale:
-            log.warning("trials %s were left RUNNING by a stopped sweep: marked FAIL (interrupted)", stale)
-            mark_interrupted(study, stale)
+        study, created = self._open_study(config_hash(fixed_cfg))
+        check_fixed_config(study, fixed_cfg, self.allow_changed_config, created=created)
         spec = self.config.hydra.sweeper.get("sampler")  # Hydra passes __init__ a built one: rebuild it
         if spec is not None:
-            study.sampler = build_sampler(spec, len(study.trials))
-        done = trials_done(study)
+            study.sampler = build_sampler(spec)
+        self._fail_stale(study)
+        trials = study.get_trials(deepcopy=False)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         log.info(
-            "Optuna study %s in %s: %d of %d trials done; jobs in %s",
+            "Optuna study %s in %s: %d of %d trials done, %d running in other processes; jobs in %s",
             study.study_name,
-            self.storage,
-            done,
+            redact(self.storage),
+            trials_done(study),
             self.n_trials,
+            sum(t.state == optuna.trial.TrialState.RUNNING for t in trials),
             sweep_dir,
         )
         if not self.storage:
             log.info("hydra.sweeper.storage is null: the jobs cannot reach the study, so none is pruned")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        while done < self.n_trials:
-            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
-            self._run_batch(study, trials, fixed, space)
-            done += len(trials)
+        while (free := self.n_trials - occupied(study.get_trials(deepcopy=False))) > 0:
+            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": it beats here
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                asked = [study.ask() for _ in range(min(self.n_jobs, free))]
+            trials = self._claim(study, asked)
+            if trials:
+                self._run_batch(study, trials, fixed, space)
+            self._fail_stale(study)
+        trials = study.get_trials(deepcopy=False)
+        running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        if running:
+            log.info(
+                "the study's other trials (%s) run in other processes: this one is done (the last to finish "
+                "writes the final results; a rerun replaces the trials of a process that died)",
+                running,
+            )
         return self._save_results(study, sweep_dir)
+
+    def _fail_stale(self, study: optuna.Study) -> None:
+        """Fail the RUNNING trials of sweepers that died, so that they are run again (itune.sweep.shared)."""
+        if self._rdb is not None:
+            fail_heartbeat_stale(study)
+        stale = stale_trials(study.get_trials(deepcopy=False), STALE_BEATS * self.heartbeat_s)
+        failed = mark_interrupted(study, stale, "its sweep process stopped (found stale)")
+        if failed:
+            log.warning("trials %s were left RUNNING by a stopped sweep: marked FAIL, run again", failed)
+
+    def _on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        log.warning(
+            "trial %d of %s (sweep process %s) sent no heartbeat for %d s: marked FAIL, to be run again",
+            trial.number,
+            study.study_name,
+            trial.user_attrs.get(OWNER_ATTR, "?"),
+            STALE_BEATS * self.heartbeat_s,
+        )
+
+    def _claim(self, study: optuna.Study, asked: list[optuna.trial.Trial]) -> list[optuna.trial.Trial]:
+        """Record this process in the asked trials; give back those beyond `n_trials` (another process
+        asked in the same instant). Returns the trials to run."""
+        for trial in asked:
+            if self._rdb is not None:
+                self._rdb.record_heartbeat(trial._trial_id)  # before the owner: see itune.sweep.shared
+            trial.set_user_attr(OWNER_ATTR, this_sweeper())
+        trials = study.get_trials(deepcopy=False)
+        keep = []
+        for trial in asked:
+            if beyond_n_trials(trials, trial.number, self.n_trials):
+                give_back(study, trial, f"n_trials={self.n_trials} were taken by other processes")
+                log.info("trial %d given back: the study's %d trials are taken", trial.number, self.n_trials)
+            else:
+                keep.append(trial)
+        return keep
 
     def _check_directions(self, spec: Any) -> None:
         """Warn when `hydra.sweeper.direction` goes against what `optimized_metric` names (e.g. a loss)."""
@@ -158,8 +244,9 @@ class OptunaSweeper(Sweeper):
                 expected[0] if len(expected) == 1 else f"[{','.join(expected)}]",
             )
 
-    def _open_study(self, digest: str) -> optuna.Study:
-        """Create or load the study; `{hash}` in its name becomes `digest`, for the jobs' config too."""
+    def _open_study(self, digest: str) -> tuple[optuna.Study, bool]:
+        """Create or load the study; `{hash}` in its name becomes `digest`, for the jobs' config too.
+        Returns (the study, whether this process created it)."""
         assert self.config is not None
         name = self.study_name
         if name and "{hash}" in name:
@@ -172,27 +259,41 @@ class OptunaSweeper(Sweeper):
                 self.config.hydra.sweeper.study_name = name  # hydra.sweep.dir may interpolate it
                 self.config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")  # for the jobs
         ensure_storage_dir(self.storage)
-        return optuna.create_study(
-            study_name=name, storage=self.storage, directions=self.directions, load_if_exists=True
-        )
+        storage: Any = None
+        if self.storage:
+            storage = self._rdb = rdb_storage(self.storage, self.heartbeat_s, self._on_stale)
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, directions=self.directions)
+            return study, True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.create_study(
+                study_name=name, storage=storage, directions=self.directions, load_if_exists=True
+            )
+            return study, False
 
     def _run_batch(
         self, study: optuna.Study, trials: list[optuna.trial.Trial], fixed: list[str], space: dict[str, Any]
     ) -> None:
-        """Launch one batch of trials and tell the study each result; none is left RUNNING."""
-        try:
-            batch = [tuple(fixed + trial_overrides(t, space) + self._reach(study, t)) for t in trials]
-            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-        except Exception as e:  # the launcher could not run it (e.g. a value the config refuses): FAIL, stop
-            for trial in trials:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log.error("the launcher failed; trials %s marked FAIL: %s", [t.number for t in trials], e)
-            raise
-        except BaseException:  # Ctrl-C, SIGTERM: a resume runs these again
-            mark_interrupted(study, [t.number for t in trials])
-            raise
-        for trial, ret in zip(trials, returns, strict=True):
-            self._tell(study, trial, ret)
+        """Launch one batch of trials and tell the study each result; none is left RUNNING. Each run of
+        consecutive trial numbers is one launch (another process's trials can come between)."""
+        pending = sorted(trials, key=lambda t: t.number)
+        with Heartbeat(self._rdb, [t._trial_id for t in trials], self.heartbeat_s):
+            for run in _runs(trials):
+                try:
+                    batch = [tuple(fixed + trial_overrides(t, space) + self._reach(study, t)) for t in run]
+                    returns = self.launcher.launch(batch, initial_job_idx=run[0].number)
+                except Exception as e:  # the launcher could not run it (e.g. a value the config refuses)
+                    for trial in run:
+                        mark_failed(study, trial, f"the launcher failed: {e}")
+                    mark_interrupted(study, pending[len(run) :], "not launched: the launcher failed")
+                    log.error("the launcher failed; trials %s marked FAIL: %s", [t.number for t in run], e)
+                    raise
+                except BaseException:  # Ctrl-C, SIGTERM: a resume runs these again
+                    mark_interrupted(study, pending, "the sweep was stopped (Ctrl-C or SIGTERM)")
+                    raise
+                for trial, ret in zip(run, returns, strict=True):
+                    self._tell(study, trial, ret)
+                pending = pending[len(run) :]
 
     def _reach(self, study: optuna.Study, trial: optuna.trial.Trial) -> list[str]:
         """The `optuna_trial` override by which a job reports to its trial (none for in-memory studies)."""
@@ -202,6 +303,10 @@ class OptunaSweeper(Sweeper):
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
         """Tell the study how a job ended: its values, PRUNED or FAIL."""
+        state = study.get_trials(deepcopy=False)[trial.number].state
+        if state.is_finished():  # failed as stale by another process while this one was cut off
+            log.warning("trial %d was told %s meanwhile (kept in its job dir)", trial.number, state.name)
+            return
         if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, Pruned):
             log.info("trial %d: PRUNED", trial.number)  # the job logged why
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -214,9 +319,10 @@ class OptunaSweeper(Sweeper):
             return
         except Exception as e:  # the job raised: Hydra kept the exception
             log.warning("trial %d failed: %s", trial.number, e)
-            values = None
+            mark_failed(study, trial, f"the job raised {type(e).__name__}: {e}")
+            return
         if values is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            mark_failed(study, trial, f"the job returned no usable objective: {ret.return_value!r}")
         else:
             study.tell(trial, values)
 
@@ -226,7 +332,7 @@ class OptunaSweeper(Sweeper):
         results: dict[str, Any] = {
             "name": "optuna",
             "study_name": study.study_name,
-            "storage": self.storage,
+            "storage": redact(self.storage),
             "trials": len(study.trials),
             "complete": len(complete),
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
