@@ -9,6 +9,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
@@ -23,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from itune.quantization import is_quantized, prepare_quantized, quantized_load_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ def load_causal_lm(
     revision: str | None = None,
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
+    quantization_config: Any | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM from a hub id or a local directory.
 
@@ -119,7 +123,10 @@ def load_causal_lm(
         revision: git revision on the hub, pinned for reproducible runs.
         trust_remote_code: run modelling code from the model repository; off unless a user sets it.
         gguf_file: a GGUF file inside `name_or_path` to dequantize and load.
+        quantization_config: a transformers quantization config (`quantization=nf4`: 4-bit bitsandbytes for
+            QLoRA), loaded onto this process's GPU.
     """
+    quantized = quantized_load_kwargs(quantization_config) if quantization_config is not None else {}
     return AutoModelForCausalLM.from_pretrained(
         name_or_path,
         dtype=getattr(torch, dtype),
@@ -127,6 +134,7 @@ def load_causal_lm(
         revision=revision,
         trust_remote_code=trust_remote_code,
         gguf_file=gguf_file,
+        **quantized,
     )
 
 
@@ -250,6 +258,8 @@ def apply_peft(
     Raises:
         ValueError: for an init itune cannot run (EVA, LoRA-GA), or CorDA without calibration rows.
     """
+    if is_quantized(model):  # QLoRA: peft's k-bit preparation first (refuses full fine-tuning)
+        model = prepare_quantized(model, peft_config)
     if peft_config is None:
         return model
     init = getattr(peft_config, "init_lora_weights", True)

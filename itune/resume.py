@@ -274,7 +274,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if not ckpt_path:
         return None
     path = Path(run_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():  # a folder for sharded (FSDP, DeepSpeed) checkpoints
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path}: no checkpoint at {path}. To resume an interrupted run, set its run "
             "directory (hydra.run.dir=<run dir>, or run_dir=<run dir>) with the same overrides as the "
