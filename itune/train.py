@@ -1,19 +1,33 @@
-"""train(cfg): compose the groups into objects, evaluate the base model, fit, evaluate, save the run."""
+"""train(cfg): compose the groups into objects, evaluate the base model, fit, evaluate, save the run.
+
+With several processes (`trainer.strategy=ddp trainer.devices=N`), Lightning's launcher re-runs the command
+for ranks 1..N-1; each runs `train` too. Rank 0 alone writes the run directory (config, template, audit,
+metrics, samples, reports, adapter, loggers) and checks a resume against the earlier attempt. All ranks
+are started before the base evaluation, so the eval suites run once each, shared out across the ranks
+(itune.eval.distributed), and every rank gets the same eval metrics. Strategies that shard the
+parameters (FSDP, DeepSpeed ZeRO-3) are refused when eval suites are configured.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from itune import run_dir as rd
 from itune.data.audit import write_audit
+from itune.eval.distributed import check_full_parameters
 from itune.eval.forgetting import compare_runs, show_report, write_report
 from itune.eval.runner import base_cache_keys, score_suites
 from itune.model import (
@@ -29,6 +43,44 @@ from itune.resume_run import check_resume, previous_attempt
 from itune.tracking import log_run_artifacts
 
 log = logging.getLogger(__name__)
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is global rank 0. Before the process group is up Lightning knows the rank from
+    the launcher's environment (LOCAL_RANK, RANK, SLURM_PROCID); NODE_RANK covers a second node's local
+    rank 0 under Lightning's own launcher."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") in ("", "0")
+
+
+def _start_processes(trainer: L.Trainer) -> None:
+    """Start the other ranks now and join the process group, so that what runs before `fit` on every rank
+    (the base evaluation) is shared out instead of repeated.
+
+    Lightning's script launcher (strategy=ddp; torchrun and Slurm start the ranks themselves) re-runs this
+    command for the other ranks, which run `train` up to here. A no-op with one process, when the group is
+    already up, and under launchers that spawn workers for `fit` only (ddp_spawn/ddp_fork), where
+    everything outside `fit` runs once, in the main process.
+
+    Raises:
+        ValueError: in a Hydra multirun, where the script launcher would re-run the whole sweep per rank.
+    """
+    launcher = trainer.strategy.launcher
+    if trainer.num_devices * trainer.num_nodes <= 1 or not isinstance(launcher, _SubprocessScriptLauncher):
+        return
+    if not launcher.cluster_environment.creates_processes_externally and _in_multirun():
+        raise ValueError(
+            f"trainer.devices={trainer.num_devices} with {type(trainer.strategy).__name__} cannot start its "
+            "processes inside a multirun (-m): Lightning's launcher would re-run the whole sweep for every "
+            "rank. Sweep with the ranks started outside (hydra/launcher=slurm_ddp, or torchrun per job) or "
+            "with one process a job"
+        )
+    if not torch.distributed.is_initialized():
+        launcher.launch(trainer.strategy.setup_environment)
+
+
+def _in_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun (sweep)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _nodes(group: DictConfig | None) -> list[Any]:
@@ -67,9 +119,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rank0 = _is_rank_zero()
     resuming = bool(cfg.get("ckpt_path"))
-    previous = previous_attempt(run_dir) if resuming else {}  # before this attempt overwrites it
-    if rank_zero_only.rank == 0:
+    # rank 0 reads the earlier attempt before overwriting it; other ranks start later and would read this one
+    previous = previous_attempt(run_dir) if resuming and rank0 else {}
+    if rank0:
         rd.save_config(run_dir, cfg)  # now too, so a crashed run keeps its config (secrets redacted)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -77,7 +131,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     template = instantiate(cfg.template, tokenizer=tokenizer)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, template=template)
     datamodule.setup("fit")  # bad data fails here, before the model is loaded
-    if resuming and not cfg.get("resume_allow_changes"):
+    if resuming and rank0 and not cfg.get("resume_allow_changes"):
         model_cfg = rd.resolved_config(cfg)["model"]
         check_resume(
             previous,
@@ -85,7 +139,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             (template.name, template.fingerprint),
             model_cfg,
         )
-    if rank_zero_only.rank == 0:
+    if rank0:
         rd.save_template(run_dir, template)  # now too: inference and resume checks read it
     write_audit(run_dir, datamodule)  # audit.json/md, manifest.json (rank 0); fails if EOT is never trained
 
@@ -118,6 +172,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer = instantiate(
         cfg.trainer, logger=_nodes(cfg.get("logger")) or False, callbacks=_nodes(cfg.callbacks)
     )
+    if suites:
+        check_full_parameters(trainer.strategy, "eval.suites")
+    _start_processes(trainer)  # every rank is up before the base evaluation, which they share
     base: dict[str, float] = {}
     samples: dict[str, Any] = {}
     items: dict[str, Any] = {}  # per-item scores of base and tuned, for the paired statistics
@@ -148,14 +205,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if on_base:
         report = compare_runs(base, metrics, suites, datamodule.source_names, cfg.eval, items)
         metrics |= {f"base/{k}": v for k, v in base.items()} | report["summary"]
-    for lg in trainer.loggers:
-        lg.log_metrics(
-            {k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "gain/", "forgetting/"))},
-            step=trainer.global_step,
-        )
-        lg.save()
-
-    if rank_zero_only.rank == 0:
+    if rank0:
+        final = {k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "gain/", "forgetting/"))}
+        for lg in trainer.loggers:
+            if final:  # an empty dict would add an empty row to csv/metrics.csv
+                lg.log_metrics(final, step=trainer.global_step)
+            lg.save()
         rd.save_config(run_dir, cfg)
         rd.save_template(run_dir, template)
         rd.save_metrics(run_dir, metrics)

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from itune.eval.distributed import check_full_parameters
 from itune.eval.runner import Suite, run_suites
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,10 @@ class PeriodicEval(Callback):
     """Run `suites` on the model being trained after every `every_n_validations`-th validation.
 
     Metrics are logged to the trainer's loggers as `eval/<suite>/<metric>` at the current step. The
-    tokenizer and template come from the datamodule, the same ones training uses.
+    tokenizer and template come from the datamodule, the same ones training uses. Under DDP every rank
+    calls this hook: each suite runs once, on one rank's local replica, and every rank gets all metrics
+    (itune.eval.distributed), so hooks such as early stopping decide alike everywhere. Strategies that
+    shard the parameters (FSDP, DeepSpeed ZeRO-3) are refused at setup.
 
     Args:
         suites: {name: suite}, e.g. a rules suite with a small `limit`.
@@ -39,6 +43,10 @@ class PeriodicEval(Callback):
         self.on_eval = [hook for hook in (on_eval or {}).values() if hook is not None]
         self.validations = 0
         self.history: list[dict[str, Any]] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.suites:
+            check_full_parameters(trainer.strategy, "the periodic eval's suites (callbacks.periodic_eval)")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":

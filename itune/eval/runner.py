@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -13,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from itune import __version__
 from itune.data.templates import Template
+from itune.eval.distributed import rank_and_world, run_shared
 from itune.eval.items import ItemScores
 
 log = logging.getLogger(__name__)
@@ -124,21 +126,33 @@ def score_suites(
 
     With `cache_dir` and a key per suite, results (items included) are read from `<cache_dir>/<key>.json`
     when present and written there otherwise (used for the base model, so a sweep evaluates it once).
+
+    Under several processes (DDP) every rank must call this: each suite runs once, on one rank, with that
+    rank's local `model`, and every rank gets all the results (itune.eval.distributed); rank 0 writes the
+    cache files. The results are those of one process.
     """
-    scores = SuiteScores({}, {}, {})
-    for name, suite in suites.items():
+
+    def task(name: str, suite: Suite) -> Callable[[], tuple[dict[str, Any], bool]]:
         path = cache_dir / f"{cache_keys[name]}.json" if cache_dir and cache_keys else None
-        if path is not None and path.is_file():
-            result = json.loads(path.read_text(encoding="utf-8"))
-            log.info("eval suite %s: cached base results %s", name, path.name[:12])
-        else:
+
+        def run() -> tuple[dict[str, Any], bool]:
+            if path is not None and path.is_file():
+                log.info("eval suite %s: cached base results %s", name, path.name[:12])
+                return json.loads(path.read_text(encoding="utf-8")), True
             log.info("eval suite %s", name)
-            result = _run_suite(suite, model, tokenizer, template)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(result), encoding="utf-8")
-                tmp.replace(path)
+            return _run_suite(suite, model, tokenizer, template), False
+
+        return run
+
+    results = run_shared({name: task(name, suite) for name, suite in suites.items()}, "eval suite")
+    scores = SuiteScores({}, {}, {})
+    for name, (result, cached) in results.items():
+        if cache_dir and cache_keys and not cached and rank_and_world()[0] == 0:
+            path = cache_dir / f"{cache_keys[name]}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(result), encoding="utf-8")
+            tmp.replace(path)
         scores.metrics.update({f"eval/{name}/{k}": float(v) for k, v in result["metrics"].items()})
         scores.samples[name], scores.items[name] = result["samples"], result.get("items")
     return scores
