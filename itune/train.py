@@ -40,6 +40,7 @@ from itune.model import (
 from itune.module import InstructionTuner
 from itune.resume import resolve_ckpt_path
 from itune.resume_run import check_resume, previous_attempt
+from itune.scale import check_scale, gather_for_save
 from itune.tracking import log_run_artifacts
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics (the content of metrics.json) and the built objects (trainer, module, datamodule,
         tokenizer, template) for callers and tests.
     """
+    check_scale(cfg)  # strategy/model/quantization combinations that cannot work fail before anything loads
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank0 = _is_rank_zero()
@@ -205,6 +207,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if on_base:
         report = compare_runs(base, metrics, suites, datamodule.source_names, cfg.eval, items)
         metrics |= {f"base/{k}": v for k, v in base.items()} | report["summary"]
+    if cfg.get("save_model", True):
+        gather_for_save(trainer, model)  # FSDP/ZeRO-3: all ranks take part, rank 0 then saves whole weights
     if rank0:
         final = {k: v for k, v in metrics.items() if k.startswith(("eval/", "base/", "gain/", "forgetting/"))}
         for lg in trainer.loggers:
