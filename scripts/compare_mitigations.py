@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from itune.sweep.collect import Run, collect_runs, varying_keys
+from itune.sweep.report.collect import Run, collect_runs, varying_keys
 
 COMPLIANCE = "eval/disclaimer/ends_with_disclaimer"
 GAIN = "gain/domain_delta"

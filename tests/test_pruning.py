@@ -15,9 +15,9 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from itune.report import build_report, collect_runs, to_markdown
 from itune.sweep.job import run_train_job
 from itune.sweep.pruning import OptunaPruning, Pruned, TrialPrunedAt, trial_override
+from itune.sweep.report import build_report, collect_runs, to_markdown
 from tests.test_sweep_optuna import load, optuna_multirun
 
 METRIC = "eval/disclaimer/ends_with_disclaimer"

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from itune.report import build_report, collect_runs, criterion_spec, pareto_front, recommend, write_report
-from itune.sweep.collect import expected_grid
 from itune.sweep.criterion import (
     Criterion,
     default_criterion,
@@ -20,7 +18,16 @@ from itune.sweep.criterion import (
     objective_directions,
     objective_value,
 )
-from itune.sweep.plots import error_bars, tradeoff_figure
+from itune.sweep.report import (
+    build_report,
+    collect_runs,
+    criterion_spec,
+    pareto_front,
+    recommend,
+    write_report,
+)
+from itune.sweep.report.collect import expected_grid
+from itune.sweep.report.plots import error_bars, tradeoff_figure
 
 GAIN, RETENTION = "gain/domain_delta", "forgetting/general_delta"
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -384,7 +391,7 @@ def test_the_recommended_run_is_one_command_away(tmp_path):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from itune.report import RECOMMENDED
+    from itune.sweep.report import RECOMMENDED
 
     overrides = [
         "experiment=demo_sweep",

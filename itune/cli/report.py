@@ -1,4 +1,4 @@
-"""itune-report: compose conf/report.yaml and report on sweep directories (itune.report.run_report).
+"""itune-report: compose conf/report.yaml and report on sweep directories (itune.sweep.report.run_report).
 
 itune-report outputs/multirun/2026-01-01/12-00-00 [more sweep dirs] [key=value ...]
 itune-report sweeps=[outputs/multirun/…] 'criterion.at_least={forgetting/general_delta_lo: -0.02}'
@@ -43,7 +43,7 @@ def replace_bounds(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path="pkg://itune.conf", config_name="report", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from itune.report import run_report  # lazily: --help needs no matplotlib
+    from itune.sweep.report import run_report  # lazily: --help needs no matplotlib
 
     run_command("report", run_report, cfg)
 

@@ -16,6 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from itune.sweep.report import build_report, collect_runs, table_rows, to_markdown
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +41,6 @@ class SweepSummary(Callback):
                 raise SystemExit(1) from e  # before any job starts
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from itune.report import build_report, collect_runs, table_rows, to_markdown
-
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return

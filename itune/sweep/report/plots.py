@@ -10,26 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from itune.sweep.collect import Run
-from itune.sweep.criterion import DEFAULT_METRIC, DEFAULT_RETENTION, metric_direction
-from itune.sweep.select import Report, finite, interval
+from itune.sweep.criterion import DEFAULT_METRIC, DEFAULT_RETENTION
+from itune.sweep.report.collect import Run
+from itune.sweep.report.render import axis_label, fmt
+from itune.sweep.report.select import Report, finite, interval
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-MEANINGS = {DEFAULT_METRIC: "domain gain", DEFAULT_RETENTION: "general retention, negative = forgetting"}
-
-
-def axis_label(key: str) -> str:
-    """`key (meaning, higher|lower is better)`.
-
-    >>> axis_label("val/loss")
-    'val/loss (lower is better)'
-    """
-    better = "lower" if metric_direction(key) == "minimize" else "higher"
-    meaning = f"{MEANINGS[key]}; " if key in MEANINGS else ""
-    return f"{key} ({meaning}{better} is better)"
 
 
 def is_change(key: str) -> bool:
@@ -50,13 +38,6 @@ def _plotted(report: Report) -> list[Run]:
         for r in report.runs
         if r.status == "completed" and finite(r, report.x) is not None and finite(r, report.y) is not None
     ]
-
-
-def fmt(value: float | None) -> str:
-    """A metric for a table cell: 4 significant digits, small values in scientific notation."""
-    if value is None:
-        return ""
-    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
 
 
 def number(text: str | None) -> float | None:

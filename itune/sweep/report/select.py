@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from itune.sweep.collect import STATUSES, Run, general_sources, varying_keys
 from itune.sweep.criterion import (
     DEFAULT_METRIC,
     DEFAULT_RETENTION,
@@ -25,6 +24,7 @@ from itune.sweep.criterion import (
     metric_direction,
     point_key,
 )
+from itune.sweep.report.collect import STATUSES, Run, general_sources, varying_keys
 
 log = logging.getLogger(__name__)
 
