@@ -66,7 +66,7 @@ class TrainSchema:
 
 @dataclass
 class ModelSchema:
-    """The keys of the `model` group (conf/model/*.yaml): itune.train, run_loading, export, tracking."""
+    """The keys of the `model` group (conf/model/*.yaml): train, run_loading, inference.export, tracking."""
 
     name: str | None = None  # the base model's id or a description (model cards, tracking tags)
     lm: Any = None  # `_target_` node that loads the causal LM (itune.model.load_causal_lm, tiny_llama, ...)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from itune.data.templates import IGNORE_INDEX
+from itune.inference.eval_mode import eval_mode
 
 
 def token_kl(
@@ -91,16 +92,12 @@ def split_lm_head(model: nn.Module) -> HeadSplit | str:
 def head_split_error(model: nn.Module, split: HeadSplit, input_ids: torch.Tensor) -> float:
     """max |logits of the model − head(decoder(...))| / max |logits| on `input_ids`, in eval mode: 0 (or
     ~1e-7) when the split is exact."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = model(input_ids=input_ids, use_cache=False).logits.float()
         split_logits = split.head(split.decoder(input_ids=input_ids, use_cache=False)[0]).float()
         if split_logits.shape != logits.shape:
             return float("inf")
         return float((split_logits - logits).abs().max() / logits.abs().max().clamp(min=1e-6))
-    finally:
-        model.train(was_training)
 
 
 def _compute_dtype(weight: torch.Tensor, device: torch.device) -> torch.dtype:

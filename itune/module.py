@@ -16,6 +16,7 @@ from torch import nn
 
 from itune.data.step_tokens import STEP_TOKENS, STEP_WINDOW, StepLayout, step_span
 from itune.data.templates import IGNORE_INDEX
+from itune.inference.eval_mode import eval_mode
 from itune.losses import HeadSplit, chunked_token_losses, head_split_error, split_lm_head, token_kl
 from itune.model import base_changing_init
 
@@ -127,9 +128,7 @@ def packed_isolation_error(model: nn.Module, lengths: tuple[int, int] = (5, 7)) 
     on flash attention) in eval mode and returns max |difference| / max |logit| of the second one: ~1e-6
     in fp32 when the model keeps attention inside each example, of order 1 when it does not.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         vocab = model.get_input_embeddings().num_embeddings
         device = next(model.parameters()).device
         g = torch.Generator().manual_seed(0)
@@ -143,8 +142,6 @@ def packed_isolation_error(model: nn.Module, lengths: tuple[int, int] = (5, 7)) 
         packed = model(**model_inputs(batch, uses_flash_attention(model)), use_cache=False).logits.float()
         diff = (packed[:, lengths[0] :] - alone).abs().max() / alone.abs().max().clamp(min=1e-6)
         return float(diff)
-    finally:
-        model.train(was_training)
 
 
 class InstructionTuner(L.LightningModule):

@@ -18,7 +18,7 @@ import torch
 from itune.data.templates import TokenizerTemplate
 from itune.demo_model import load_demo_model, load_demo_tokenizer
 from itune.eval.multiple_choice import MultipleChoiceSuite
-from itune.generation import generate
+from itune.inference.generation import generate
 from itune.resources import resource_path
 
 ROOT = Path(__file__).resolve().parents[1]

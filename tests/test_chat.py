@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from itune.chat import ChatSession, chat_loop
+from itune.inference.chat import ChatSession, chat_loop
 from itune.run_loading import load_base
 
 

@@ -17,7 +17,7 @@ from itune.eval.reference import ReferenceSuite, normalize
 from itune.eval.rules import RulesSuite
 from itune.eval.runner import metric_kinds, run_suites, score_suites
 from itune.eval.stats import estimate, estimator_columns, paired_arrays
-from itune.generation import generate
+from itune.inference.generation import generate
 from itune.model import tiny_llama
 from tests.conftest import SHARED_DATA, write_jsonl
 from tests.test_templates import build

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from itune.export import chat_template, export_run
+from itune.inference.export import chat_template, export_run
 from itune.run_dir import new_file_mode
 from itune.run_loading import load_run
 from tests.conftest import CONF
@@ -143,7 +143,7 @@ def test_adapter_export_names_its_base_model(trained_run, tmp_path):
 
 @pytest.mark.slow
 def test_full_fine_tune_export_says_full_model(full_run, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="itune.export"):
+    with caplog.at_level(logging.INFO, logger="itune.inference.export"):
         out = export_run(full_run, tmp_path / "export")
     assert (out / "model.safetensors").exists()
     assert "(full model" in caplog.text and "merged" not in caplog.text

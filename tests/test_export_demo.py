@@ -19,9 +19,9 @@ import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from itune.chat import ChatSession, chat_loop
 from itune.demo_model import demo_model_dir
-from itune.export import export_run
+from itune.inference.chat import ChatSession, chat_loop
+from itune.inference.export import export_run
 from itune.run_loading import load_run
 from itune.train import train
 

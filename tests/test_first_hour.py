@@ -143,7 +143,7 @@ def test_help_with_a_searchpath_lists_the_teams_options():
 
 @pytest.mark.slow
 def test_generate_warns_when_answers_are_empty(tmp_path, monkeypatch, caplog):
-    from itune import generate_cmd
+    from itune.inference import generate as generate_cmd
     from tests.tiny_runs import tiny_run
 
     run = tiny_run(tmp_path, "chatml")

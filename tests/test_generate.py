@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from itune.generate_cmd import read_prompts, to_conversation
+from itune.inference.generate import read_prompts, to_conversation
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_module
 from transformers import AutoModelForCausalLM
 
 from itune.eval.evaluate import run_eval
-from itune.export import export_run
-from itune.interpolate import interpolation, scaled_adapter
+from itune.inference.export import export_run
+from itune.inference.interpolate import interpolation, scaled_adapter
 from itune.model import tiny_llama
 from itune.run_loading import load_run
 

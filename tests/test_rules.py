@@ -8,7 +8,7 @@ import re
 import pytest
 
 from itune.eval.rules import Rule, RulesSuite, make_rule
-from itune.generation import generate
+from itune.inference.generation import generate
 from itune.model import tiny_llama
 from tests.test_templates import build
 

@@ -9,7 +9,7 @@ from itune.errors import run_command
 
 @hydra.main(config_path="pkg://itune.conf", config_name="chat", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from itune.chat import run_chat  # lazily: --help and --cfg need no torch
+    from itune.inference.chat import run_chat  # lazily: --help and --cfg need no torch
 
     run_command("chat", run_chat, cfg)
 

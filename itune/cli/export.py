@@ -9,7 +9,7 @@ from itune.errors import run_command
 
 @hydra.main(config_path="pkg://itune.conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from itune.export import run_export  # lazily: --help and --cfg need no torch
+    from itune.inference.export import run_export  # lazily: --help and --cfg need no torch
 
     run_command("export", run_export, cfg)
 

@@ -9,7 +9,7 @@ from itune.errors import run_command
 
 @hydra.main(config_path="pkg://itune.conf", config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from itune.generate_cmd import run_generate  # lazily: --help and --cfg need no torch
+    from itune.inference.generate import run_generate  # lazily: --help and --cfg need no torch
 
     run_command("generate", run_generate, cfg)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,37 +38,46 @@ def _utf8_problem(path: Path, chunk: int = 1 << 24) -> str | None:
     return None
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, object, None) for each non-empty line, or (line number, None, problem) when the line
     is not a JSON object."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.rstrip("\r\n"))  # so the column counts on this line
+        except json.JSONDecodeError as e:
+            yield n, None, f"line {n}: {e.msg} (column {e.colno})"
+            continue
+        if isinstance(row, dict):
+            yield n, row, None
+        else:
+            yield n, None, f"line {n}: expected a JSON object per line, got {type(row).__name__}"
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """`json_lines` of a UTF-8 file."""
     with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.rstrip("\r\n"))  # so the column counts on this line
-            except json.JSONDecodeError as e:
-                yield n, None, f"line {n}: {e.msg} (column {e.colno})"
-                continue
-            if isinstance(row, dict):
-                yield n, row, None
-            else:
-                yield n, None, f"line {n}: expected a JSON object per line, got {type(row).__name__}"
+        yield from json_lines(f)
 
 
 def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per line of a JSONL file; FileNotFoundError / SourceError naming file and line.
 
     Args:
-        path: the JSONL file.
+        path: the JSONL file; `-` reads standard input.
         what: what the file is, for messages ("prompt file", "benchmark file").
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} {p} not found")
-    if problem := _utf8_problem(p):
-        raise SourceError(f"{p}: {problem}")
-    for n, row, problem in jsonl_rows(p):
+    if str(path) == "-":
+        p, rows = Path("-"), json_lines(sys.stdin)
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"{what} {p} not found")
+        if problem := _utf8_problem(p):
+            raise SourceError(f"{p}: {problem}")
+        rows = jsonl_rows(p)
+    for n, row, problem in rows:
         if problem:
             raise SourceError(f"{p}, {problem}")
         yield n, row

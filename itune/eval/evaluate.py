@@ -18,7 +18,7 @@ from itune.eval.forgetting import compare_runs, show_report, write_report
 from itune.eval.forgetting_view import plt
 from itune.eval.items import write_items
 from itune.eval.runner import SuiteScores, base_cache_keys, score_suites
-from itune.interpolate import interpolation
+from itune.inference.interpolate import interpolation
 from itune.model import base_changing_init
 from itune.run_loading import load_model, run_config
 
@@ -132,7 +132,8 @@ def interpolation_curve(
     base by the forgetting report's paired statistics (`compare_runs`: improvements with CIs, Holm, summary).
 
     Args:
-        at: `itune.interpolate.interpolation`'s context factory: the model at scale λ inside the block.
+        at: `itune.inference.interpolate.interpolation`'s context factory: the model at scale λ inside the
+            block.
         base, base_items: the base model's metrics and item scores.
 
     Returns:

@@ -12,7 +12,7 @@ from itune.data.sources import read_jsonl
 from itune.data.templates import Template
 from itune.eval.items import ItemScores, item_ids, item_scores, means
 from itune.eval.runner import ScoredSuite
-from itune.generation import generate
+from itune.inference.generation import generate
 
 METRICS = (
     "prompt_level_strict_acc",

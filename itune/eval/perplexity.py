@@ -15,6 +15,7 @@ from itune.data.sources import load_source
 from itune.data.templates import IGNORE_INDEX, Template
 from itune.eval.items import ItemScores, item_ids, item_scores
 from itune.eval.runner import ScoredSuite
+from itune.inference.eval_mode import eval_mode
 from itune.module import token_losses
 
 
@@ -52,26 +53,24 @@ class PerplexitySuite(ScoredSuite):
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template
     ) -> tuple[dict[str, float], list[dict[str, Any]], ItemScores]:
         """`<name>_loss` and `<name>_ppl` per reference set, and each example's summed loss and tokens."""
-        was_training = model.training
-        model.eval()
-        metrics: dict[str, float] = {}
-        rows: list[dict[str, Any]] = []
-        estimators: dict[str, dict[str, Any]] = {}
-        for name, conversations in self.conversations.items():
-            losses, tokens = self._example_losses(model, tokenizer, template, conversations)
-            loss = sum(losses) / max(1, sum(tokens))
-            metrics |= {f"{name}_loss": loss, f"{name}_ppl": math.exp(loss)}
-            texts = [f"{name}\n{json.dumps(c, sort_keys=True)}" for c in conversations]
-            rows += [
-                {"id": i, f"{name}_loss_sum": lo, f"{name}_tokens": n}
-                for i, lo, n in zip(item_ids(texts), losses, tokens, strict=True)
-            ]
-            ratio = {"num": f"{name}_loss_sum", "den": f"{name}_tokens"}
-            estimators |= {
-                f"{name}_loss": {"stat": "ratio", **ratio},
-                f"{name}_ppl": {"stat": "exp_ratio", **ratio},
-            }
-        model.train(was_training)
+        with eval_mode(model):
+            metrics: dict[str, float] = {}
+            rows: list[dict[str, Any]] = []
+            estimators: dict[str, dict[str, Any]] = {}
+            for name, conversations in self.conversations.items():
+                losses, tokens = self._example_losses(model, tokenizer, template, conversations)
+                loss = sum(losses) / max(1, sum(tokens))
+                metrics |= {f"{name}_loss": loss, f"{name}_ppl": math.exp(loss)}
+                texts = [f"{name}\n{json.dumps(c, sort_keys=True)}" for c in conversations]
+                rows += [
+                    {"id": i, f"{name}_loss_sum": lo, f"{name}_tokens": n}
+                    for i, lo, n in zip(item_ids(texts), losses, tokens, strict=True)
+                ]
+                ratio = {"num": f"{name}_loss_sum", "den": f"{name}_tokens"}
+                estimators |= {
+                    f"{name}_loss": {"stat": "ratio", **ratio},
+                    f"{name}_ppl": {"stat": "exp_ratio", **ratio},
+                }
         return metrics, [], item_scores(estimators, rows)
 
     def _example_losses(

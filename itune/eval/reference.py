@@ -17,7 +17,7 @@ from itune.data.templates import Template
 from itune.eval.items import ItemScores, item_ids, item_scores, means
 from itune.eval.runner import ScoredSuite
 from itune.eval.stats import BLEU_PREFIX
-from itune.generation import generate
+from itune.inference.generation import generate
 
 N_GRAM = 4  # BLEU order, as torchmetrics' BLEUScore default
 ESTIMATORS = means(["rougeL", "exact_match"]) | {"bleu": {"stat": "bleu", "n_gram": N_GRAM}}

@@ -17,7 +17,7 @@ from rich.console import Console
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
 from itune.data.templates import Message, Template
-from itune.generation import generation_config
+from itune.inference.generation import generation_config
 from itune.run_loading import load_model
 
 HELP = "commands: /reset (clear history), /system <text> (new system prompt), /exit (quit)"

@@ -25,7 +25,7 @@ from transformers import GenerationConfig
 import itune
 from itune import run_dir as rd
 from itune.data.templates import RoleTemplate, Template, TokenizerTemplate
-from itune.interpolate import interpolate_model
+from itune.inference.interpolate import interpolate_model
 from itune.run_loading import load_run, run_config, saved_template
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,8 @@ def export_run(
         allow_template_mismatch, template_override_cfg: as in `itune.run_loading.load_run`.
         dtype: torch dtype name of the written weights; None keeps the run's.
         overwrite: replace an existing `out`.
-        scale: WiSE-FT: export base + scale * (tuned - base) (`itune.interpolate.interpolate_model`; a LoRA
-            adapter stays an adapter with `merge=false`); 1 exports the weights as trained.
+        scale: WiSE-FT: export base + scale * (tuned - base) (`itune.inference.interpolate.interpolate_model`;
+            a LoRA adapter stays an adapter with `merge=false`); 1 exports the weights as trained.
     """
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():

@@ -3,7 +3,7 @@
 Each input line is `{"prompt": "..."}` (one user turn), `{"messages": [{role, content}, ...]}` (a
 conversation to continue) or, in Alpaca style, `{"instruction": ..., "input": ...}`; other keys (ids,
 references) are copied to the output line, which adds `answer`. Answers come from
-`itune.generation.generate`: batched, left-padded, stopped at the template's end-of-turn token.
+`itune.inference.generation.generate`: batched, left-padded, stopped at the template's end-of-turn token.
 """
 
 from __future__ import annotations
@@ -18,23 +18,18 @@ import torch
 from omegaconf import DictConfig
 
 from itune.data.formats import to_conversation
-from itune.generation import generate
+from itune.data.sources import read_jsonl
+from itune.inference.generation import generate
 from itune.run_loading import load_model
 
 log = logging.getLogger(__name__)
 
 
 def read_prompts(prompts: list[str] | None, input_path: str | None) -> list[dict[str, Any]]:
-    """Rows from `prompts` (strings) and/or a JSONL file (`-` reads stdin)."""
+    """Rows from `prompts` (strings) and/or a JSONL file (`-` reads stdin), one JSON object per line."""
     rows: list[dict[str, Any]] = [{"prompt": p} for p in prompts or []]
     if input_path:
-        lines = sys.stdin if input_path == "-" else Path(input_path).read_text(encoding="utf-8").splitlines()
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{input_path}, line {n}: not valid JSON ({e})") from None
+        rows += [row for _, row in read_jsonl(input_path, "prompt file")]
     if not rows:
         raise ValueError("no prompts: give prompts='[\"Hello\", ...]' or input=<file.jsonl>")
     return rows
