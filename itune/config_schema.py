@@ -66,7 +66,7 @@ class TrainSchema:
 
 @dataclass
 class ModelSchema:
-    """The keys of the `model` group (conf/model/*.yaml): train, run_loading, inference.export, tracking."""
+    """The keys of the `model` group (conf/model/*.yaml): read by train, inference (loading, export), runs."""
 
     name: str | None = None  # the base model's id or a description (model cards, tracking tags)
     lm: Any = None  # `_target_` node that loads the causal LM (itune.model.load_causal_lm, tiny_llama, ...)
@@ -94,7 +94,7 @@ class EvalSchema:
 
 @dataclass
 class TrackingSchema:
-    """The keys of `tracking` (conf/logger/mlflow.yaml), read by itune.tracking."""
+    """The keys of `tracking` (conf/logger/mlflow.yaml), read by itune.runs.tracking."""
 
     register_model: str | None = None
 

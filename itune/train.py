@@ -25,7 +25,6 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from itune import run_dir as rd
 from itune.data.audit import write_audit
 from itune.eval.distributed import check_full_parameters
 from itune.eval.forgetting import compare_runs, show_report, write_report
@@ -40,8 +39,9 @@ from itune.model import (
 from itune.module import InstructionTuner
 from itune.resume import resolve_ckpt_path
 from itune.resume_run import check_resume, previous_attempt
+from itune.runs import write as rd
+from itune.runs.tracking import log_run_artifacts
 from itune.scale import check_scale, gather_for_save
-from itune.tracking import log_run_artifacts
 
 log = logging.getLogger(__name__)
 

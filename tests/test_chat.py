@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from itune.inference.chat import ChatSession, chat_loop
-from itune.run_loading import load_base
+from itune.inference.loading import load_base
 
 
 @pytest.fixture(scope="session")

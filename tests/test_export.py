@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itune.inference.export import chat_template, export_run
-from itune.run_dir import new_file_mode
-from itune.run_loading import load_run
+from itune.inference.loading import load_run
+from itune.runs.write import new_file_mode
 from tests.conftest import CONF
 
 TEMPLATES = sorted(f.stem for f in (CONF / "template").glob("*.yaml"))

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from itune.demo_model import demo_model_dir
 from itune.inference.chat import ChatSession, chat_loop
 from itune.inference.export import export_run
-from itune.run_loading import load_run
+from itune.inference.loading import load_run
 from itune.train import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from itune.eval.evaluate import run_eval
 from itune.inference.export import export_run
 from itune.inference.interpolate import interpolation, scaled_adapter
+from itune.inference.loading import load_run
 from itune.model import tiny_llama
-from itune.run_loading import load_run
 
 pytestmark = pytest.mark.slow
 SCALES = [0.0, 0.5, 1.0]

@@ -6,7 +6,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from itune.run_loading import TemplateMismatchError, load_model, load_run, run_config
+from itune.inference.loading import TemplateMismatchError, load_model, load_run
+from itune.runs.read import run_config
 
 
 @pytest.fixture(scope="session")

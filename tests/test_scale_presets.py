@@ -29,7 +29,7 @@ from itune import scale
 from itune.config_schema import check_config
 from itune.model import apply_peft, byte_level_tokenizer, load_causal_lm, tiny_llama
 from itune.quantization import OPTION, quantization_problems
-from itune.run_dir import save_model
+from itune.runs.write import save_model
 from itune.scale import DecoderLayerPolicy, check_scale, decoder_layer_classes, fsdp_strategy, gather_for_save
 
 PRESETS = ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from itune.run_dir import is_secret_key, redact, redact_override
-from itune.tracking import flatten
+from itune.runs.tracking import flatten
+from itune.runs.write import is_secret_key, redact, redact_override
 from itune.train import train
 from tests.test_train_e2e import data_overrides
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from itune.data.audit_gate import AuditError as AuditError  # raised here; callers catch it from this module
 from itune.data.audit_gate import fail_on_steps, raise_for_checks, raise_for_fail_on
+from itune.runs.files import AUDIT_JSON, AUDIT_MD, AUDIT_PLOTS_DIR, MANIFEST_FILE
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUDIT_JSON, AUDIT_MD, MANIFEST_JSON, PLOTS_DIR = "audit.json", "audit.md", "manifest.json", "audit"
 ACTIONS = ("in", "dropped", "redacted", "flagged", "truncated")
 ROLE_SAMPLE = 200  # rows per source whose tokens are attributed to roles
 
@@ -427,7 +427,7 @@ def to_markdown(audit: dict[str, Any]) -> str:
         ],
     )
     lines += ["## Token lengths after templating", ""]
-    lines += [f"![{n}]({PLOTS_DIR}/length_{n}.png)" for n in src] + [""]
+    lines += [f"![{n}]({AUDIT_PLOTS_DIR}/length_{n}.png)" for n in src] + [""]
     return "\n".join(lines)
 
 
@@ -462,11 +462,11 @@ def write_audit(run_dir: str | Path, datamodule: InstructDataModule, check: bool
     written: list[Path] = []
     if rank_zero_only.rank == 0 and audit:
         run_dir = Path(run_dir)
-        (run_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+        (run_dir / AUDIT_PLOTS_DIR).mkdir(parents=True, exist_ok=True)
         for name, s in audit["sources"].items():
-            _plot(run_dir / PLOTS_DIR / f"length_{name}.png", name, s["length"], audit["max_length"])
-            written.append(run_dir / PLOTS_DIR / f"length_{name}.png")
-        for fname, payload in ((AUDIT_JSON, audit), (MANIFEST_JSON, manifest)):
+            _plot(run_dir / AUDIT_PLOTS_DIR / f"length_{name}.png", name, s["length"], audit["max_length"])
+            written.append(run_dir / AUDIT_PLOTS_DIR / f"length_{name}.png")
+        for fname, payload in ((AUDIT_JSON, audit), (MANIFEST_FILE, manifest)):
             (run_dir / fname).write_text(
                 json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
             )

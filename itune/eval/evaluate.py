@@ -19,12 +19,18 @@ from itune.eval.forgetting_view import plt
 from itune.eval.items import write_items
 from itune.eval.runner import SuiteScores, base_cache_keys, score_suites
 from itune.inference.interpolate import interpolation
+from itune.inference.loading import load_model
 from itune.model import base_changing_init
-from itune.run_loading import load_model, run_config
+from itune.runs.files import (
+    EVAL_METRICS_FILE,
+    INTERPOLATION_JSON,
+    INTERPOLATION_MD,
+    INTERPOLATION_PLOT,
+    SAMPLES_FILE,
+)
+from itune.runs.read import run_config
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "eval_metrics.json"
-CURVE_JSON, CURVE_MARKDOWN, CURVE_PLOT = "interpolation.json", "interpolation.md", "interpolation.png"
 CURVE_KEYS = ("gain/domain_delta", "forgetting/general_delta")  # summary keys drawn with their bounds
 
 
@@ -72,8 +78,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
             metrics |= curve_metrics(points)
             write_curve(out, points)
     write_items(out, all_items)
-    (out / METRICS_FILE).write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
-    (out / "samples.json").write_text(json.dumps(all_samples, indent=2, ensure_ascii=False) + "\n")
+    (out / EVAL_METRICS_FILE).write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    (out / SAMPLES_FILE).write_text(json.dumps(all_samples, indent=2, ensure_ascii=False) + "\n")
     log.info("eval results in %s", out)
     return metrics
 
@@ -224,8 +230,8 @@ def curve_plot(points: list[dict[str, Any]], path: Path) -> None:
 
 def write_curve(out: Path, points: list[dict[str, Any]]) -> None:
     """interpolation.json, interpolation.md and interpolation.png in the eval output directory."""
-    (out / CURVE_JSON).write_text(json.dumps({"points": points}, indent=2) + "\n", encoding="utf-8")
-    (out / CURVE_MARKDOWN).write_text(curve_markdown(points), encoding="utf-8")
+    (out / INTERPOLATION_JSON).write_text(json.dumps({"points": points}, indent=2) + "\n", encoding="utf-8")
+    (out / INTERPOLATION_MD).write_text(curve_markdown(points), encoding="utf-8")
     if points:
-        curve_plot(points, out / CURVE_PLOT)
-    log.info("interpolation curve: %s", out / CURVE_MARKDOWN)
+        curve_plot(points, out / INTERPOLATION_PLOT)
+    log.info("interpolation curve: %s", out / INTERPOLATION_MD)

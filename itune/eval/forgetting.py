@@ -25,11 +25,11 @@ from itune.eval.forgetting_view import plot, show_report, to_markdown
 from itune.eval.items import ItemScores, write_items
 from itune.eval.runner import metric_kinds
 from itune.eval.stats import MetricStats, StatsConfig, compare_metric, holm, mean_interval
+from itune.runs.files import FORGETTING_JSON, FORGETTING_MD, FORGETTING_PLOT
 
 __all__ = ["build_report", "compare_runs", "improvement", "show_report", "to_markdown", "write_report"]
 LOWER_IS_BETTER = ("loss", "ppl")
 KL_SUFFIX = "/kl_base"
-JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "forgetting.json", "forgetting.md", "forgetting.png"
 SuiteItems = Mapping[str, ItemScores | None]
 
 
@@ -201,7 +201,7 @@ def write_report(
     """forgetting.json, forgetting.md, forgetting.png and the item files (`items`) in the run directory."""
     if items:
         write_items(run_dir, items)
-    (run_dir / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (run_dir / MARKDOWN_FILE).write_text(to_markdown(report), encoding="utf-8")
+    (run_dir / FORGETTING_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (run_dir / FORGETTING_MD).write_text(to_markdown(report), encoding="utf-8")
     if report["rows"]:
-        plot(report, run_dir / PLOT_FILE)
+        plot(report, run_dir / FORGETTING_PLOT)

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorS
 
 from itune.data.templates import Message, Template
 from itune.inference.generation import generation_config
-from itune.run_loading import load_model
+from itune.inference.loading import load_model
 
 HELP = "commands: /reset (clear history), /system <text> (new system prompt), /exit (quit)"
 

@@ -22,11 +22,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import GenerationConfig
 
-import itune
-from itune import run_dir as rd
 from itune.data.templates import RoleTemplate, Template, TokenizerTemplate
 from itune.inference.interpolate import interpolate_model
-from itune.run_loading import load_run, run_config, saved_template
+from itune.inference.loading import load_run
+from itune.runs.files import ADAPTER_DIR, EXPORT_CARD_FILE, EXPORT_TEMPLATE_FILE, MANIFEST_FILE, METRICS_FILE
+from itune.runs.lineage import lineage
+from itune.runs.read import read_json, run_config, saved_template
+from itune.runs.write import honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +75,26 @@ def model_card(
     run_dir: Path, cfg: DictConfig, template: dict[str, Any], merged: bool, out: Path, scale: float = 1.0
 ) -> str:
     """README.md of an exported model: how to load it, and the lineage of the run it came from."""
-    metrics = {}
-    if (run_dir / rd.METRICS_FILE).is_file():
-        metrics = json.loads((run_dir / rd.METRICS_FILE).read_text(encoding="utf-8"))
+    metrics = read_json(run_dir, METRICS_FILE)
     shown = {
         k: v for k, v in metrics.items() if k.split("/")[0] in ("train", "val", "eval", "gain", "forgetting")
     }
     rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in shown.items() if isinstance(v, int | float))
-    lm = cfg.model.get("lm") or {}
-    lineage = {
-        "base model": cfg.model.get("name"),
-        "base model revision": lm.get("revision"),
+    found = lineage(run_dir, cfg, template)
+    rows_of_lineage = {
+        "base model": found["base_model"],
+        "base model revision": found["base_model_revision"],
         "peft": "merged into the base weights" if merged else ("adapter" if cfg.get("peft") else "none"),
-        "data manifest hash": rd.manifest_hash(run_dir) or "(no manifest.json in the run)",
+        "data manifest hash": found["data_manifest_hash"] or f"(no {MANIFEST_FILE} in the run)",
         "template": template["name"],
         "template fingerprint": template["fingerprint"],
-        "run directory": str(run_dir.resolve()),
+        "run directory": found["run_dir"],
         "interpolation scale": f"{scale:g} (base + scale * (tuned - base))"
         if scale != 1
         else "1 (as trained)",
-        "itune version": itune.__version__,
+        "itune version": found["version"],
     }
-    lines = "\n".join(f"| {k} | `{v}` |" for k, v in lineage.items())
+    lines = "\n".join(f"| {k} | `{v}` |" for k, v in rows_of_lineage.items())
     config = OmegaConf.to_yaml(cfg)
     return f"""---
 library_name: transformers
@@ -168,7 +168,7 @@ def _name_adapter_base(model: Any, cfg: DictConfig) -> None:
 
 def export_kind(run_dir: Path, merge: bool) -> str:
     """What an export of `run_dir` holds: `LoRA merged into the base`, `LoRA adapter` or `full model`."""
-    if not (run_dir / "adapter").is_dir():
+    if not (run_dir / ADAPTER_DIR).is_dir():
         return "full model"
     return "LoRA merged into the base" if merge else "LoRA adapter"
 
@@ -189,7 +189,7 @@ def export_run(
         run_dir: a directory written by itune-train.
         out: the directory to write (must not exist unless `overwrite`).
         merge: merge a LoRA adapter into the base weights; False writes the adapter alone (peft format).
-        allow_template_mismatch, template_override_cfg: as in `itune.run_loading.load_run`.
+        allow_template_mismatch, template_override_cfg: as in `itune.inference.loading.load_run`.
         dtype: torch dtype name of the written weights; None keeps the run's.
         overwrite: replace an existing `out`.
         scale: WiSE-FT: export base + scale * (tuned - base) (`itune.inference.interpolate.interpolate_model`;
@@ -217,15 +217,15 @@ def export_run(
     if adapter_only:  # the adapter must name its base model for peft/transformers to load it
         _name_adapter_base(model, cfg)
     model.save_pretrained(out, safe_serialization=True)
-    rd.honour_umask(out)
+    honour_umask(out)
     if adapter_only:  # peft does not save the generation config: save it beside the adapter
         model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     saved = saved_template(run_dir)
-    (out / "itune_template.json").write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+    (out / EXPORT_TEMPLATE_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
     kind = export_kind(run_dir, merge)
     card = model_card(run_dir, cfg, saved, kind == "LoRA merged into the base", out, scale)
-    (out / "README.md").write_text(card, encoding="utf-8")
+    (out / EXPORT_CARD_FILE).write_text(card, encoding="utf-8")
     log.info("exported %s → %s (%s, scale %g)", run_dir, out, kind, scale)
     return out
 

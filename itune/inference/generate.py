@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from itune.data.formats import to_conversation
 from itune.data.sources import read_jsonl
 from itune.inference.generation import generate
-from itune.run_loading import load_model
+from itune.inference.loading import load_model
 
 log = logging.getLogger(__name__)
 

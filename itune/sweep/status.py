@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from itune.errors import error_line, is_user_error
-
-STATUS_FILE = "status.json"
-ERROR_FILE = "error.txt"
+from itune.runs.files import ERROR_FILE, STATUS_FILE
 
 
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:

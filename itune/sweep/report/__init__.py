@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from itune.sweep.criterion import Criterion
-from itune.sweep.report.collect import STATUSES, Run, collect_runs, expected_grid, load_run, varying_keys
+from itune.sweep.report.collect import STATUSES, Run, collect_runs, expected_grid, read_run, varying_keys
 from itune.sweep.report.html import to_html
 from itune.sweep.report.plots import number, plot_by_override, plot_tradeoff
 from itune.sweep.report.render import show, table_rows, to_csv, to_markdown
@@ -38,7 +38,7 @@ __all__ = [
     "collect_runs",
     "criterion_spec",
     "expected_grid",
-    "load_run",
+    "read_run",
     "pareto_front",
     "recommend",
     "run_report",

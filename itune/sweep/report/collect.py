@@ -8,7 +8,6 @@ the grid of a basic sweep, never started).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,13 +17,21 @@ from typing import Any
 
 import yaml
 
-from itune.sweep.status import ERROR_FILE, read_status
+from itune.runs.files import (
+    ERROR_FILE,
+    HYDRA_CONFIG_FILE,
+    HYDRA_DIR,
+    HYDRA_OVERRIDES_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+)
+from itune.runs.read import read_json
+from itune.sweep.status import read_status
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("completed", "pruned", "failed", "interrupted", "unfinished", "pending")
 BOOKKEEPING = ("optuna_trial",)  # overrides that say where a job reports, not what it does: not listed
-HYDRA_DIR = ".hydra"  # Hydra's copy of each job's config.yaml and overrides.yaml
 
 
 @dataclass
@@ -56,19 +63,15 @@ def _error_line(run_dir: Path, status: dict[str, Any]) -> str:
     return text[-1] if text else "failed (error.txt is empty)"
 
 
-def load_run(run_dir: Path, name: str) -> Run:
+def read_run(run_dir: Path, name: str) -> Run:
     """A Run from a job directory (metrics.json, status.json, error.txt, .hydra/overrides.yaml)."""
     status = read_status(run_dir)
-    overrides_file = run_dir / HYDRA_DIR / "overrides.yaml"
+    overrides_file = run_dir / HYDRA_DIR / HYDRA_OVERRIDES_FILE
     items = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) if overrides_file.is_file() else None
     overrides = _parse_overrides(items or status.get("overrides") or [])
-    metrics_file = run_dir / "metrics.json"
-    metrics: dict[str, float] = {}
-    if metrics_file.is_file():
-        raw = json.loads(metrics_file.read_text(encoding="utf-8"))
-        metrics = {
-            k: float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+    metrics_file = run_dir / METRICS_FILE
+    raw = read_json(run_dir, METRICS_FILE)
+    metrics = {k: float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     if status.get("status") == "failed" or (run_dir / ERROR_FILE).is_file():
         state, error = "failed", _error_line(run_dir, status)
     elif metrics_file.is_file():
@@ -87,7 +90,7 @@ def _job_dirs(root: Path) -> list[Path]:
     if (root / HYDRA_DIR).is_dir() and not (root / "multirun.yaml").is_file():
         return [root]
     found = {p.parent for p in root.rglob(HYDRA_DIR) if p.is_dir() and ".submitit" not in p.parts}
-    found |= {p.parent for p in root.rglob("status.json") if ".submitit" not in p.parts}
+    found |= {p.parent for p in root.rglob(STATUS_FILE) if ".submitit" not in p.parts}
     found.discard(root)
 
     def order(p: Path) -> tuple:
@@ -134,7 +137,7 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
             )
         label = root.name if len(paths) == 1 else f"{root.parent.name}/{root.name}"
         found = [
-            load_run(d, f"{label}/{d.relative_to(root)}" if d != root else label) for d in _job_dirs(root)
+            read_run(d, f"{label}/{d.relative_to(root)}" if d != root else label) for d in _job_dirs(root)
         ]
         grid = expected_grid(root)
         if grid:
@@ -159,7 +162,7 @@ def general_sources(runs: Sequence[Run]) -> set[str]:
     (Hydra's copy in .hydra/config.yaml), `{"general"}` when none says."""
     found: set[str] = set()
     for run in runs:
-        path = Path(run.path) / HYDRA_DIR / "config.yaml"
+        path = Path(run.path) / HYDRA_DIR / HYDRA_CONFIG_FILE
         if run.status == "completed" and path.is_file():
             conf = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             found |= {str(s) for s in (conf.get("eval") or {}).get("general_sources") or []}

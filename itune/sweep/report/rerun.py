@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from itune.sweep.report.collect import HYDRA_DIR, Run
+from itune.runs.files import HYDRA_DIR, HYDRA_HYDRA_FILE, HYDRA_OVERRIDES_FILE
+from itune.sweep.report.collect import Run
 from itune.sweep.report.select import Report
 
 RECOMMENDED = "recommended"  # experiment=recommended: the file written for the recommended run
@@ -64,10 +65,11 @@ def _quote_path(path: str) -> str:
 def _run_hydra(run: Run) -> tuple[list[str], dict[str, Any]] | None:
     """(a run's command-line overrides, its `hydra` node) from its `.hydra/`; None when a file is missing."""
     hydra_dir = Path(run.path) / HYDRA_DIR
-    if not (hydra_dir / "hydra.yaml").is_file() or not (hydra_dir / "overrides.yaml").is_file():
+    hydra_file, overrides_file = hydra_dir / HYDRA_HYDRA_FILE, hydra_dir / HYDRA_OVERRIDES_FILE
+    if not hydra_file.is_file() or not overrides_file.is_file():
         return None
-    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text(encoding="utf-8")) or []
-    hydra = (yaml.safe_load((hydra_dir / "hydra.yaml").read_text(encoding="utf-8")) or {}).get("hydra")
+    overrides = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
+    hydra = (yaml.safe_load(hydra_file.read_text(encoding="utf-8")) or {}).get("hydra")
     return [str(o) for o in overrides], hydra or {}
 
 

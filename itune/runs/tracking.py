@@ -5,15 +5,13 @@ directory is written. Every logger gets the flattened, secret-redacted config as
 also gets lineage tags (base model id and revision, data manifest hash, template name and fingerprint, git
 commit, itune version), the run directory's artifacts (resolved config, template.json, metrics, audit and
 forgetting reports, the adapter or model directory) and, with `tracking.register_model=<name>`, a model
-registry version pointing at the logged adapter/model.
+registry version pointing at the logged adapter/model (lineage: itune.runs.lineage).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +19,11 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-import itune
-from itune import run_dir as rd
+from itune.runs.files import ADAPTER_DIR, ARTIFACT_DIRS, ARTIFACT_FILES, MODEL_DIR
+from itune.runs.lineage import lineage_tags
+from itune.runs.write import resolved_config
 
 log = logging.getLogger(__name__)
-
-# Files and folders of a run directory logged as MLflow artifacts when present.
-ARTIFACT_FILES = (
-    "config.yaml",
-    "template.json",
-    "metrics.json",
-    "samples.json",
-    "manifest.json",
-    "audit.json",
-    "audit.md",
-    "forgetting.json",
-    "forgetting.md",
-    "forgetting.png",
-    "train.log",
-)
-ARTIFACT_DIRS = ("audit", "adapter", "model")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -61,41 +44,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_commit(path: Path | None = None) -> str | None:
-    """The commit of the git checkout holding the itune code (None outside a checkout)."""
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=path or Path(itune.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
-
-
-def lineage(run_dir: Path, cfg: DictConfig) -> dict[str, str]:
-    """Lineage tags of a run: base model, data manifest hash, template, code version."""
-    template = {}
-    if (run_dir / rd.TEMPLATE_FILE).is_file():
-        template = json.loads((run_dir / rd.TEMPLATE_FILE).read_text(encoding="utf-8"))
-    lm = cfg.model.get("lm") or {}
-    tags = {
-        "itune.base_model": cfg.model.get("name"),
-        "itune.base_model_revision": lm.get("revision"),
-        "itune.data_manifest_hash": rd.manifest_hash(run_dir),
-        "itune.template": template.get("name"),
-        "itune.template_fingerprint": template.get("fingerprint"),
-        "itune.peft": (cfg.get("peft") or {}).get("_target_", "none (full fine-tune)"),
-        "itune.git_commit": git_commit(),
-        "itune.version": itune.__version__,
-        "itune.run_dir": str(run_dir.resolve()),
-    }
-    return {k: str(v) for k, v in tags.items() if v is not None}
-
-
 @rank_zero_only
 def log_run_artifacts(
     loggers: list[Logger], run_dir: Path, cfg: DictConfig, metrics: dict[str, float]
@@ -108,7 +56,7 @@ def log_run_artifacts(
         cfg: the composed config of the run (secrets are redacted before logging).
         metrics: the run's final metrics (as in metrics.json).
     """
-    params = flatten(rd.resolved_config(cfg))
+    params = flatten(resolved_config(cfg))
     for lg in loggers:
         lg.log_hyperparams(params)
         lg.save()
@@ -122,7 +70,8 @@ def _log_mlflow(
     lg: MLFlowLogger, run_dir: Path, cfg: DictConfig, metrics: dict[str, float], register: str | None
 ) -> None:
     client, run_id = lg.experiment, lg.run_id
-    for key, value in lineage(run_dir, cfg).items():
+    tags = lineage_tags(run_dir, cfg)
+    for key, value in tags.items():
         client.set_tag(run_id, key, value)
     # Losses and eval metrics reach the logger during the run; data counts and the step count do not.
     lg.log_metrics({k: float(v) for k, v in metrics.items() if k.startswith("data/") or k == "train/steps"})
@@ -133,7 +82,7 @@ def _log_mlflow(
     for name in ARTIFACT_DIRS:
         if (run_dir / name).is_dir():
             client.log_artifacts(run_id, str(run_dir / name), artifact_path=name)
-            if name in ("adapter", "model"):
+            if name in (ADAPTER_DIR, MODEL_DIR):
                 logged_model = name
     if register and logged_model:
         from mlflow.exceptions import MlflowException
@@ -142,7 +91,7 @@ def _log_mlflow(
             client.create_registered_model(register)
         run = client.get_run(run_id)
         version = client.create_model_version(
-            register, f"{run.info.artifact_uri}/{logged_model}", run_id=run_id, tags=lineage(run_dir, cfg)
+            register, f"{run.info.artifact_uri}/{logged_model}", run_id=run_id, tags=tags
         )
         log.info("registered %s version %s (%s)", register, version.version, logged_model)
     log.info("MLflow run %s: params, lineage tags and artifacts logged", run_id)

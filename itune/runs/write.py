@@ -1,4 +1,4 @@
-"""Everything a training run writes into its run directory (called on rank 0 only)."""
+"""Everything a training run writes into its run directory (called on rank 0 only); names in runs.files."""
 
 from __future__ import annotations
 
@@ -6,18 +6,28 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from itune.data.templates import Template
+from itune.runs.files import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    HYDRA_CONFIG_FILE,
+    HYDRA_DIR,
+    HYDRA_HYDRA_FILE,
+    HYDRA_OVERRIDES_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    SAMPLES_FILE,
+    TEMPLATE_FILE,
+)
 
-TEMPLATE_FILE = "template.json"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
-SAMPLES_FILE = "samples.json"
-MANIFEST_FILE = "manifest.json"  # written by the data audit (itune/data/audit.py), with `mixture_hash`
+if TYPE_CHECKING:  # itune.data imports the file names from itune.runs: no runtime import back
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from itune.data.templates import Template
+
 REDACTED = "***"
 # A key names a secret when one of its words is one of these (hf_token, api_key, WANDB_API_KEY, password);
 # the texts of special tokens (eos_token, pad_token, ...) and token counts (max_new_tokens) are not secrets.
@@ -55,13 +65,13 @@ def redact_override(override: str) -> str:
 
 def _redact_hydra_dir(run_dir: Path) -> None:
     """Hydra's own copies of the config and overrides in `<run_dir>/.hydra`, redacted in place."""
-    hydra_dir = run_dir / ".hydra"
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+    hydra_dir = run_dir / HYDRA_DIR
+    for name in (HYDRA_CONFIG_FILE, HYDRA_HYDRA_FILE, HYDRA_OVERRIDES_FILE):
         path = hydra_dir / name
         if not path.is_file():
             continue
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        if name == "overrides.yaml":
+        if name == HYDRA_OVERRIDES_FILE:
             data = [redact_override(o) for o in data]
         else:
             data = redact(data)
@@ -92,14 +102,6 @@ def save_config(run_dir: Path, cfg: DictConfig) -> None:
     text = OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg)))
     (run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
     _redact_hydra_dir(run_dir)
-
-
-def manifest_hash(run_dir: Path) -> str | None:
-    """The data mixture's hash from manifest.json, if the run wrote one."""
-    path = Path(run_dir) / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("mixture_hash")
 
 
 def save_template(run_dir: Path, template: Template) -> None:
@@ -137,7 +139,7 @@ def honour_umask(directory: Path) -> None:
 
 def save_model(run_dir: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:
     """The adapter (`adapter/`, peft) or the full model (`model/`) as safetensors, with the tokenizer."""
-    target = run_dir / ("adapter" if hasattr(model, "peft_config") else "model")
+    target = run_dir / (ADAPTER_DIR if hasattr(model, "peft_config") else MODEL_DIR)
     model.save_pretrained(target, safe_serialization=True)
     honour_umask(target)
     tokenizer.save_pretrained(target)

@@ -1,4 +1,4 @@
-"""Load a trained model from a run directory (or a bare base model) with the template it was trained with.
+"""Load a model for inference or eval: a trained run (with the template it was trained with) or a base model.
 
 Every loader of a run directory (itune-generate, itune-chat, itune-export, itune-eval) goes through
 `load_run`, which rebuilds the template from the run's config and refuses one whose fingerprint differs
@@ -22,44 +22,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from itune import run_dir as rd
 from itune.data.templates import Template
+from itune.runs.files import MODEL_DIR
+from itune.runs.read import artifacts_dir, run_config, saved_template
 
 log = logging.getLogger(__name__)
 
 
 class TemplateMismatchError(ValueError):
     """The template asked for differs from the one a run was trained with."""
-
-
-def run_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config.yaml of a run directory (with a clear error when it is not one)."""
-    path = Path(run_dir) / rd.CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not an itune run directory (no {rd.CONFIG_FILE}); pass the directory a "
-            "training run wrote (outputs/<date>/<time>), or a base model: model=<option> template=<option>"
-        )
-    return OmegaConf.load(path)
-
-
-def saved_template(run_dir: str | Path) -> dict[str, Any]:
-    """The run's template.json."""
-    path = Path(run_dir) / rd.TEMPLATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the run did not finish (train() writes it at the end)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def artifacts_dir(run_dir: str | Path) -> Path:
-    """`adapter/` (peft) or `model/` (full fine-tune) of a run directory."""
-    for name in ("adapter", "model"):
-        if (Path(run_dir) / name).is_dir():
-            return Path(run_dir) / name
-    raise FileNotFoundError(
-        f"{run_dir} has neither adapter/ nor model/ (was it trained with save_model=false?); "
-        "retrain with save_model=true"
-    )
 
 
 def check_template(template: Template, saved: dict[str, Any], run_dir: str | Path, allow: bool) -> None:
@@ -128,7 +99,7 @@ def load_run(
     template = instantiate(template_override_cfg or cfg.template, tokenizer=tokenizer)
     check_template(template, saved, run_dir, allow_template_mismatch)
 
-    if weights.name == "model":
+    if weights.name == MODEL_DIR:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype or "auto")
     else:
         from peft import PeftModel
