@@ -14,6 +14,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class _HistoryWriter(ExperimentWriter):
@@ -74,6 +75,7 @@ class CSVLogger(LightningCSVLogger):
         """Called when training resumes at `step` (itune.resume.ResumeState)."""
         self.experiment.resumed_at(step)
 
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
         previous = os.path.join(self.log_dir, _HistoryWriter.NAME_METRICS_FILE + ".previous")

@@ -4,8 +4,9 @@ Lightning restores the weights, optimizer, scheduler and loop counters from `las
 DataLoader restarts its epoch from the first batch with a new shuffle, and the RNG states (dropout) are
 not saved. `ResumeState` (a callback in `conf/callbacks/default.yaml`) closes both gaps:
 
-- it gives the training DataLoader a batch sampler whose shuffle depends only on (seed, epoch) and which,
-  after a resume, skips the batches the interrupted run already trained on;
+- it gives the training DataLoader a sampler whose shuffle depends only on (seed, epoch), which shares
+  it out between the DDP ranks so that the global batches are those of one process, and which, after a
+  resume, skips the batches the interrupted run already trained on (`ShardSampler`);
 - it saves the torch/numpy/python RNG states with every checkpoint and restores them before training
   continues.
 
@@ -22,6 +23,7 @@ saving the state of the last completed step.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import warnings
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 from itune.data.step_tokens import StepTokenLoader
 
@@ -58,24 +60,28 @@ class EpochRandomSampler(Sampler[int]):
         yield from torch.randperm(len(self), generator=g).tolist()
 
 
-class ResumableBatchSampler(BatchSampler):
-    """A BatchSampler that starts its first epoch after a resume at the saved batch."""
+class ShardSampler(DistributedSampler):
+    """This rank's share of `sampler`'s order, without the batches a resumed run already trained.
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, state: ResumeState) -> None:
-        super().__init__(sampler, batch_size, drop_last)
-        self.state, self.epoch = state, 0
+    Rank r of W takes every W-th index from r (padded with the order's first indices to a multiple of W,
+    as DistributedSampler pads), so batch b of every rank holds the positions of the one-process batch b
+    of batch_size x W: the global batches are those of one process. A DistributedSampler subclass, so
+    Lightning keeps it; it calls `set_epoch` on it at every epoch, which sets `sampler`'s epoch.
+    """
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, state: ResumeState, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(sampler, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        self.sampler, self.batch_size, self.state = sampler, batch_size, state
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[int]:
         epoch, skip = self.state.start_position(self.epoch)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
-        for i, batch in enumerate(super().__iter__()):
-            if i >= skip:
-                yield batch
+        order = list(self.sampler)
+        order = (order * math.ceil(self.total_size / max(1, len(order))))[: self.total_size]  # padded
+        yield from order[self.rank : self.total_size : self.num_replicas][skip * self.batch_size :]
 
 
 class TrainingInterrupted(SystemExit):
@@ -103,9 +109,11 @@ class ResumeState(Callback):
         self._rng_pending: dict[str, Any] | None = None
         self._signal: int | None = None  # SIGINT/SIGTERM received: stop after the current optimizer step
         self._previous_sigint: Any = None
+        self.world_size, self.rank = 1, 0  # of the trainer, for the training data's shards
 
     # -- the training DataLoader ------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.world_size, self.rank = int(trainer.world_size), int(trainer.global_rank)
         dm = trainer.datamodule
         if stage != "fit" or dm is None or getattr(dm, "_itune_resumable", False):
             return
@@ -116,12 +124,12 @@ class ResumeState(Callback):
 
         dm.train_dataloader = train_dataloader  # the datamodule's loader, with a resumable sampler
         dm._itune_resumable = True
-        # Our batch sampler resumes mid-epoch (and the RNG states are restored), unlike the loaders
+        # Our sampler resumes mid-epoch (and the RNG states are restored), unlike the loaders
         # Lightning's warning is about.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
     def wrap(self, loader: DataLoader) -> DataLoader:
-        """The same DataLoader with a batch sampler that can resume mid-epoch."""
+        """The same DataLoader (class too) with this rank's `ShardSampler`, which can resume mid-epoch."""
         if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
             log.warning("training data is a stream: a resumed run restarts the stream (position not saved)")
             return loader
@@ -138,7 +146,9 @@ class ResumeState(Callback):
         )
         return cls(
             loader.dataset,
-            batch_sampler=ResumableBatchSampler(sampler, loader.batch_size, loader.drop_last, self),
+            batch_size=loader.batch_size,
+            sampler=ShardSampler(sampler, loader.batch_size, self, self.world_size, self.rank),
+            drop_last=loader.drop_last,
             collate_fn=loader.collate_fn,
             num_workers=loader.num_workers,
             pin_memory=loader.pin_memory,
@@ -149,12 +159,15 @@ class ResumeState(Callback):
         )
 
     def start_position(self, epoch: int) -> tuple[int, int]:
-        """(epoch, batches to skip) for a new pass over the data: the saved position once after a resume."""
+        """(epoch, batches to skip) for a new pass over `epoch`: the saved position once after a resume,
+        unless Lightning already moved past the saved epoch (the checkpoint was taken at its last batch)."""
         if self._resumed is not None:
-            epoch, skip = int(self._resumed["epoch"]), int(self._resumed["batches"])
+            saved, skip = int(self._resumed["epoch"]), int(self._resumed["batches"])
             self._resumed = None
-            log.info("resuming data at epoch %d, batch %d", epoch, skip)
-            return epoch, skip
+            if epoch <= saved:
+                log.info("resuming data at epoch %d, batch %d", saved, skip)
+                return saved, skip
+            log.info("resuming data at the start of epoch %d (epoch %d was complete)", epoch, saved)
         return epoch, 0
 
     # -- hooks ----------------------------------------------------------------------------------------

@@ -35,8 +35,12 @@ def resume_argv(argv: list[str]) -> list[str]:
     """Rewrite `resume=<dir> [overrides]` into the run's own overrides plus `hydra.run.dir`, `ckpt_path`.
 
     Other arguments (`--cfg job`, `-m`...) are kept. A user mistake ends the process with one line on stderr.
+    A command line already rewritten (Lightning's launcher starts DDP ranks >= 1 with rank 0's) is returned
+    as it is.
     """
     overrides = {_key(a): a.split("=", 1)[1] for a in argv if "=" in a and not a.startswith("-")}
+    if {"ckpt_path", "hydra.run.dir", ALLOW_KEY} <= overrides.keys():
+        return argv
     run = overrides.get(RESUME_KEY)
     if run in (None, "", "null"):
         return argv

@@ -194,13 +194,6 @@ def test_ranks_train_disjoint_shards_that_make_up_the_mixture(two, one):
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Lightning replaces itune's samplers by its DistributedSampler (another permutation; "
-    "LengthGroupedSampler's grouping lost) and ResumableBatchSampler resets every epoch to epoch 0 "
-    "(itune/resume.py; see the issue note)",
-)
 def test_global_batches_are_those_of_one_process(two, one):
     ranks, single = read_batches(two.work / "batches"), read_batches(one[0].work / "batches")[0]
     for step in range(1, STEPS + 1):
@@ -208,12 +201,6 @@ def test_global_batches_are_those_of_one_process(two, one):
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="needs the same global batches (previous test); with them (a patched itune/resume.py) and the "
-    "step-token loss of itune/module.py the max |diff| is 8.7e-6",
-)
 def test_adapter_matches_one_process(two, one):
     a, b = adapter(two), adapter(one[0])
     assert a.keys() == b.keys()
@@ -223,12 +210,6 @@ def test_adapter_matches_one_process(two, one):
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Lightning's DistributedSampler pads the validation set with repeated rows so that every rank "
-    "gets as many; the val loader needs an unrepeated sampler (itune/data/datamodule.py)",
-)
 def test_validation_loss_matches_one_process(two, one):
     keys = [k for k in one[0].metrics if k.startswith("base/val/") and k.endswith("/loss")]
     assert keys
@@ -434,12 +415,6 @@ def test_each_rank_gets_its_own_shard_of_every_sampler(varied_file, mode):
     assert sum(repeated.values()) <= 1  # at most world - 1 items repeated, to even out the ranks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Lightning replaces itune's sampler by its DistributedSampler: another permutation, and "
-    "LengthGroupedSampler's grouping is lost (itune/resume.py, itune/data/datamodule.py; see the issue note)",
-)
 @pytest.mark.parametrize("mode", list(SAMPLERS))
 def test_global_batches_follow_itunes_sampler(varied_file, mode):
     single = fit_batches(varied_file, mode, 8)
@@ -448,12 +423,6 @@ def test_global_batches_follow_itunes_sampler(varied_file, mode):
         assert sorted(ranks[0][k] + ranks[1][k]) == sorted(batch), f"global batch {k}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ResumableBatchSampler.__iter__ sets its sampler back to epoch 0: Lightning calls set_epoch on "
-    "the batch sampler's sampler, never on the batch sampler (itune/resume.py; see the issue note)",
-)
 @pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize("mode", list(SAMPLERS))
 def test_every_epoch_has_a_new_order(varied_file, mode, world):

@@ -11,6 +11,8 @@ import functools
 import hashlib
 import json
 import logging
+import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +21,8 @@ import lightning as L
 import numpy as np
 from datasets import Dataset, IterableDataset, concatenate_datasets, interleave_datasets
 from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import Dataset as TorchDataset
 
 from itune.data import audit as au
 from itune.data import packing as pk
@@ -51,6 +54,23 @@ def _column(ds: Dataset, name: str) -> list[Any]:
 def _fingerprint(*parts: Any) -> str:
     """A datasets cache fingerprint from JSON-able parts."""
     return hashlib.sha256(json.dumps([_CODE, *parts], default=str).encode()).hexdigest()[:32]
+
+
+class PaddedRows(TorchDataset):
+    """`data` followed by copies of row 0 with every label ignored, `total` rows in all: padding that
+    evens out the DDP ranks without adding to the loss."""
+
+    def __init__(self, data: Any, total: int) -> None:
+        self.data, self.total = data, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i < len(self.data):
+            return self.data[i]
+        row = self.data[0]
+        return {**row, "labels": [IGNORE_INDEX] * len(row["labels"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,8 +491,10 @@ class InstructDataModule(L.LightningDataModule):
             found = json.loads(cache.read_text())
         else:
             found = self._find_duplicates(curated, sets)
-            if cache is not None:
-                cache.write_text(json.dumps(found))
+            if cache is not None:  # whole or not at all: another rank may be reading it
+                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(found))
+                os.replace(tmp, cache)
         stops = []
         for s, (src, cur) in enumerate(zip(self.sources, curated, strict=True)):
             stop = np.asarray(_column(cur, "drop_at"), dtype=np.int64)
@@ -747,15 +769,26 @@ class InstructDataModule(L.LightningDataModule):
         if self.packing and self.pack_scope == "dataset":  # items are packed rows; shuffled row order
             data = pk.PackedDataset(data, self.bins)
         elif self.group_by_length and not self.packing:  # a seeded sampler with set_epoch: resumable
-            return loader(data, sampler=pk.LengthGroupedSampler(self.lengths, self.batch_size, self.seed))
+            world = int(getattr(self.trainer, "world_size", 1) or 1)  # groups of the global batch
+            grouped = pk.LengthGroupedSampler(self.lengths, self.batch_size * world, self.seed)
+            return loader(data, sampler=grouped)
         return loader(data, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
+        """The validation batches; under DDP each rank takes every world_size-th row, and the padding that
+        evens out the ranks has no trained token (Lightning's sampler would repeat a row in the loss)."""
         if self.val_set is None:
             return []
+        data: Any = self.val_set.with_format(columns=["input_ids", "labels", "source"])
+        rank, world = getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
+        sampler = None
+        if world > 1:
+            data = PaddedRows(data, math.ceil(len(data) / world) * world)
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(
-            self.val_set.with_format(columns=["input_ids", "labels", "source"]),
+            data,
             batch_size=self.eval_batch_size,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
         )

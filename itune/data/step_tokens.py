@@ -83,7 +83,7 @@ class StepTokenLoader(DataLoader):
     """A DataLoader whose batches say the trained tokens of the batches ahead (see `annotate`).
 
     A DataLoader subclass rather than a wrapper, so Lightning still injects its distributed sampler (it
-    re-creates the loader with the same `window`) and `itune.resume` can swap in its batch sampler.
+    re-creates the loader with the same `window`) and `itune.resume` can swap in its sampler.
 
     Args:
         window: batches to read ahead, at least the micro-batches of a step: an int, or a callable

@@ -9,6 +9,7 @@ A job whose Optuna trial is pruned (itune.sweep.pruning) writes `pruned` and ret
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | Pruned | None:
     or `Pruned` when the job's Optuna trial was pruned."""
     multirun, overrides = _hydra_job()
     run_dir = Path(cfg.run_dir)
-    rank0 = rank_zero_only.rank == 0
+    rank0 = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") in ("", "0")  # not node 1's rank 0
     started = time.time()
     if rank0:
         write_status(run_dir, "running", overrides=overrides)
