@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 from itune.data.step_tokens import StepTokenLoader
+from itune.runs.files import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """Where `ckpt_path=last` looks: the ModelCheckpoint's `last.ckpt` (or `<root>/checkpoints/`)."""
     cb = trainer.checkpoint_callback
     folder = cb.dirpath if isinstance(cb, ModelCheckpoint) and cb.dirpath else None
-    folder = Path(folder or Path(trainer.default_root_dir) / "checkpoints")
+    folder = Path(folder or Path(trainer.default_root_dir) / CHECKPOINT_DIR)
     return folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
 
@@ -286,7 +287,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """
     if not ckpt_path:
         return None
-    path = Path(run_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.exists():  # a folder for sharded (FSDP, DeepSpeed) checkpoints
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path}: no checkpoint at {path}. To resume an interrupted run, set its run "

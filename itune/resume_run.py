@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from itune.runs.files import CONFIG_FILE, HYDRA_DIR, HYDRA_OVERRIDES_FILE, MANIFEST_FILE, TEMPLATE_FILE
+
 RESUME_KEY, ALLOW_KEY = "resume", "resume_allow_changes"
 _RUN_KEYS = {"run_dir", "hydra.run.dir", "ckpt_path", "optuna_trial", RESUME_KEY, ALLOW_KEY}
 
@@ -76,7 +78,7 @@ def _fail(message: str) -> None:
 
 def saved_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides a run was started with (Hydra's `.hydra/overrides.yaml`)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = run_dir / HYDRA_DIR / HYDRA_OVERRIDES_FILE
     if not run_dir.is_dir():
         raise ResumeError(f"resume={run_dir}: no such run directory")
     if not path.is_file():
@@ -94,13 +96,13 @@ def previous_attempt(run_dir: Path) -> dict[str, Any]:
     Read before the new attempt overwrites those files; absent files give absent keys.
     """
     found: dict[str, Any] = {}
-    manifest, template = run_dir / "manifest.json", run_dir / "template.json"
+    manifest, template = run_dir / MANIFEST_FILE, run_dir / TEMPLATE_FILE
     if manifest.is_file():
         found["mixture_hash"] = json.loads(manifest.read_text(encoding="utf-8")).get("mixture_hash")
     if template.is_file():
         saved = json.loads(template.read_text(encoding="utf-8"))
         found["template"] = (saved.get("name"), saved.get("fingerprint"))
-    config = run_dir / "config.yaml"
+    config = run_dir / CONFIG_FILE
     if config.is_file():
         found["model"] = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model")
     return found

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna import TrialPruned
 
 from itune.config_schema import check_config
+from itune.runs.files import ERROR_FILE
 from itune.sweep.criterion import DEFAULT_METRIC, objective_value
 from itune.sweep.pruning import Pruned
 from itune.sweep.status import write_error, write_status
@@ -123,7 +124,7 @@ def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | Pruned | None:
             )
         if not multirun:
             raise
-        log.error("job failed: %s (traceback in %s); the sweep goes on", e, run_dir / "error.txt")
+        log.error("job failed: %s (traceback in %s); the sweep goes on", e, run_dir / ERROR_FILE)
         return None
     if rank0:
         write_status(
