@@ -17,6 +17,17 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def rank_zero():
+    """Every test starts as rank 0: a test that builds a Lightning strategy for another rank in this
+    process (a simulated DDP or Slurm rank) sets Lightning's global `rank_zero_only.rank`, which would
+    silence the loggers and rank-0 writes of every later test."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    yield
+    rank_zero_only.rank = 0
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return byte_level_tokenizer()
