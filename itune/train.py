@@ -46,7 +46,7 @@ from itune.scale import check_scale, gather_for_save
 log = logging.getLogger(__name__)
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
     """Whether this process is global rank 0. Before the process group is up Lightning knows the rank from
     the launcher's environment (LOCAL_RANK, RANK, SLURM_PROCID); NODE_RANK covers a second node's local
     rank 0 under Lightning's own launcher."""
@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     check_scale(cfg)  # strategy/model/quantization combinations that cannot work fail before anything loads
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rank0 = _is_rank_zero()
+    rank0 = is_rank_zero()
     resuming = bool(cfg.get("ckpt_path"))
     # rank 0 reads the earlier attempt before overwriting it; other ranks start later and would read this one
     previous = previous_attempt(run_dir) if resuming and rank0 else {}

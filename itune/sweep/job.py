@@ -9,14 +9,12 @@ A job whose Optuna trial is pruned (itune.sweep.pruning) writes `pruned` and ret
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from optuna import TrialPruned
 
@@ -25,7 +23,7 @@ from itune.runs.files import ERROR_FILE
 from itune.sweep.criterion import DEFAULT_METRIC, objective_value
 from itune.sweep.pruning import Pruned
 from itune.sweep.status import write_error, write_status
-from itune.train import train
+from itune.train import is_rank_zero, train
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ def run_train_job(cfg: DictConfig) -> float | tuple[float, ...] | Pruned | None:
     or `Pruned` when the job's Optuna trial was pruned."""
     multirun, overrides = _hydra_job()
     run_dir = Path(cfg.run_dir)
-    rank0 = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") in ("", "0")  # not node 1's rank 0
+    rank0 = is_rank_zero()
     started = time.time()
     if rank0:
         write_status(run_dir, "running", overrides=overrides)
