@@ -63,7 +63,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tens
 
 
 # ------------------------------------------------------------------------------------------ shared setup
-def load(model_name: str) -> tuple[Any, Any, Any]:
+def load(model_name: str, lora_dropout: float = 0.0) -> tuple[Any, Any, Any]:
     """(LoRA model, tokenizer, template) of `tiny` or `demo`, as itune builds them."""
     import torch
     from hydra.utils import instantiate
@@ -73,7 +73,7 @@ def load(model_name: str) -> tuple[Any, Any, Any]:
 
     torch.manual_seed(0)
     lora = OmegaConf.load(ROOT / "conf" / "peft" / "lora.yaml")
-    lora.lora_dropout = 0.0
+    lora.lora_dropout = lora_dropout
     if model_name == "tiny":
         from itune.model import byte_level_tokenizer, tiny_llama
 
@@ -399,7 +399,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     args = argparse.Namespace(**spec)
     torch.set_num_threads(args.threads)
-    model, tok, template = load(args.model)
+    model, tok, template = load(args.model, args.lora_dropout)
     n = (args.warmup + args.steps) * args.batch_size
     if args.synthetic:
         rows = synthetic_examples(tok, n, args.max_length)
@@ -570,6 +570,7 @@ def spec_for(
         "data": str(args.data),
         "synthetic": args.synthetic,
         "profile": profile,
+        "lora_dropout": args.lora_dropout,
     }
 
 
@@ -636,6 +637,9 @@ def main() -> None:
     parser.add_argument("--tiny-max-length", type=int, default=1024, help="tokens (bytes) per example, tiny")
     parser.add_argument("--demo-max-length", type=int, default=512, help="tokens per example, demo model")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--lora-dropout", type=float, default=0.0, help="LoRA dropout of every runner (conf/peft/lora.yaml: 0.05)"
+    )
     parser.add_argument("--threads", type=int, default=torch_threads())
     parser.add_argument("--data", type=Path, default=ALPACA if ALPACA.exists() else None)
     parser.add_argument(

@@ -59,3 +59,51 @@ def alpaca_file(tmp_path: Path) -> Path:
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     return path
+
+
+def hydra_multirun(
+    task: Callable[[DictConfig], object],
+    *overrides: str,
+    config_name: str = "train",
+    task_name: str = "itune_train",
+) -> object:
+    """`itune-train -m …` in this process: Hydra's multirun of the packaged configs, each job `task(cfg)`
+    (a stand-in for training unless `task` trains); returns the sweeper's result (an Optuna study's
+    results). The sweep summary callback is left out (its config check imports the training stack) and
+    jobs keep the test's logging.
+    """
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    from itune.sweep.optuna import register_plugin
+
+    register_plugin()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    app = Hydra.create_main_hydra2(
+        task_name=task_name, config_search_path=create_config_search_path("pkg://itune.conf")
+    )
+    args = ["~hydra.callbacks.sweep_summary", "hydra/job_logging=none", *overrides]
+    try:
+        return app.multirun(config_name, task, args, with_log_configuration=False)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def optuna_sweep(
+    task: Callable[[DictConfig], object],
+    storage: str,
+    sweep_root: Path,
+    *overrides: str,
+    preset: str = "forgetting_optuna",
+) -> dict[str, object]:
+    """`itune-train -m hparams_search=<preset> …` in this process (`hydra_multirun`): the study in
+    `storage`, each trial's job in `sweep_root/<study name>/<trial>`; returns the study's results."""
+    return hydra_multirun(
+        task,
+        f"hparams_search={preset}",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={sweep_root}/" + "${hydra.sweeper.study_name}",
+        *overrides,
+    )

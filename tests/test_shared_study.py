@@ -29,12 +29,9 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_config_search_path
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from itune.sweep.optuna import redact, register_plugin
+from itune.sweep.optuna import redact
 from itune.sweep.shared import (
     OWNER_ATTR,
     Heartbeat,
@@ -44,6 +41,7 @@ from itune.sweep.shared import (
     stale_trials,
 )
 from itune.sweep.study import FAILED_ATTR, INTERRUPTED_ATTR, UNUSED_ATTR, StudyConfigError, counts, occupied
+from tests.conftest import optuna_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 URL_ENV = "ITUNE_TEST_POSTGRES_URL"
@@ -215,27 +213,15 @@ def _task(cfg: DictConfig) -> float:
 
 def multirun(url: str, sweep_root: Path, *overrides: str) -> dict[str, Any]:
     """`itune-train -m hparams_search=forgetting_optuna …` in this process, each job `_task`."""
-    register_plugin()
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    app = Hydra.create_main_hydra2(
-        task_name="itune_train", config_search_path=create_config_search_path("pkg://itune.conf")
-    )
-    args = [
-        "hparams_search=forgetting_optuna",
-        f"hydra.sweeper.storage={url}",
-        f"hydra.sweep.dir={sweep_root}/" + "${hydra.sweeper.study_name}",
+    return optuna_sweep(
+        _task,
+        url,
+        sweep_root,
         "hydra.sweeper.sampler.n_startup_trials=2",
         "peft.r=8",  # pinned: the searched keys left (lr, the general weight) are continuous
         "scheduler.num_warmup_steps=0",
-        "~hydra.callbacks.sweep_summary",  # its config check imports the training stack
-        "hydra/job_logging=none",
         *overrides,
-    ]
-    try:
-        return app.multirun("train", _task, args, with_log_configuration=False)
-    finally:
-        GlobalHydra.instance().clear()
+    )
 
 
 def _main(argv: list[str]) -> None:

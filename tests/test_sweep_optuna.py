@@ -12,18 +12,16 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_config_search_path
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from itune.sweep.criterion import objective_value
-from itune.sweep.optuna import as_values, fill_placeholders, register_plugin, search_space
+from itune.sweep.optuna import as_values, fill_placeholders, search_space
 from itune.sweep.pruning import Pruned
 from itune.sweep.study import StudyConfigError
+from tests.conftest import optuna_sweep
 from tests.test_sweep import TINY, command
 
 SEEN: list[DictConfig] = []  # the config of every job of the last multirun
@@ -46,26 +44,9 @@ def optuna_multirun(
 
     The study is in tmp_path/study.db, the jobs in tmp_path/<study name>/<trial>; returns the results.
     """
-    register_plugin()
     SEEN.clear()
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    hydra_app = Hydra.create_main_hydra2(
-        task_name="itune_train", config_search_path=create_config_search_path("pkg://itune.conf")
-    )
-    args = [
-        f"hparams_search={preset}",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
-        f"hydra.sweep.dir={tmp_path}/" + "${hydra.sweeper.study_name}",
-        "hydra.sweeper.n_trials=3",
-        "~hydra.callbacks.sweep_summary",  # its config check imports the training stack
-        "hydra/job_logging=none",
-        *overrides,
-    ]
-    try:
-        return hydra_app.multirun("train", task, args, with_log_configuration=False)
-    finally:
-        GlobalHydra.instance().clear()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    return optuna_sweep(task, storage, tmp_path, "hydra.sweeper.n_trials=3", *overrides, preset=preset)
 
 
 def load(tmp_path: Path, name: str) -> optuna.Study:
