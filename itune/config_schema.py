@@ -6,7 +6,7 @@ Three layers:
   fails while Hydra composes;
 - `check_config(cfg)` checks every `_target_` node against its target's signature (optimizer, scheduler,
   trainer, peft, data, loggers, callbacks, eval suites, curation filters: `optimizer.lrr`, `trainer.max_step`)
-  and every `data.sources.<name>` against `itune.data.datamodule.Source` (`data.sources.x.wieght`). The
+  and every `data.sources.<name>` against `itune.data.sources.Source` (`data.sources.x.wieght`). The
   valid keys come from the targets themselves, so any optimizer or data option (ours or a team's) is
   checked without a list to keep in sync;
 - the groups without a `_target_` (`model`, `eval`, `tracking`) are checked against the dataclasses
@@ -197,10 +197,11 @@ def group_key_problems(container: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _source_problems(path: str, node: Any) -> list[str]:
-    from itune.data.datamodule import Source  # data layer: imported only when a data config is checked
+SOURCE_SCHEMA = "itune.data.sources.Source"  # by name, as a `_target_`: the data layer is imported when used
 
-    return key_problems(node, Source, path, "a data source", skip=("name",))
+
+def _source_problems(path: str, node: Any) -> list[str]:
+    return key_problems(node, SOURCE_SCHEMA, path, "a data source", skip=("name",))
 
 
 def _walk(node: Any, path: str, problems: list[str]) -> None:

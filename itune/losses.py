@@ -1,5 +1,5 @@
-"""Token-level losses shared by the module and evaluation: KL divergence to a reference (base) model and
-the chunked cross-entropy of an LM head that never holds the full logits."""
+"""Token-level losses shared by the module and evaluation: the per-token cross-entropy, KL divergence to a
+reference (base) model and the chunked cross-entropy of an LM head that never holds the full logits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from itune.data.templates import IGNORE_INDEX
+from itune.data.messages import IGNORE_INDEX
 from itune.inference.eval_mode import eval_mode
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of next-token prediction, 0 where the (shifted) label is IGNORE_INDEX."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shift_labels)
 
 
 def token_kl(

@@ -1,147 +1,38 @@
-"""The LightningModule: masked causal-LM loss, optimizer and scheduler from their config groups."""
+"""The LightningModule: masked causal-LM loss, optimizer and scheduler from their config groups.
+
+It wires the pieces that live elsewhere: the token losses (`itune.losses`), the per-step token-mean
+scaling and logged sums (`itune.step_loss`), the batch's model inputs (`itune.model_inputs`) and the base
+model a KL is taken against (`itune.regularizers`).
+"""
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from itune.data.step_tokens import STEP_TOKENS, STEP_WINDOW, StepLayout, step_span
-from itune.data.templates import IGNORE_INDEX
-from itune.inference.eval_mode import eval_mode
-from itune.losses import HeadSplit, chunked_token_losses, head_split_error, split_lm_head, token_kl
+from itune.data.messages import IGNORE_INDEX
+from itune.data.step_tokens import StepLayout
+from itune.losses import (
+    HeadSplit,
+    chunked_token_losses,
+    head_split_error,
+    split_lm_head,
+    token_kl,
+    token_losses,
+)
 from itune.model import base_changing_init
-
-if TYPE_CHECKING:
-    from itune.regularizers import Regularizer
+from itune.model_inputs import accepts_loss_kwargs, model_inputs, packed_isolation_error, uses_flash_attention
+from itune.regularizers import Regularizer, frozen_base, resolve_kl_base
+from itune.step_loss import StepLoss, step_share
 
 log = logging.getLogger(__name__)
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # batch keys every model gets
-FLASH_VARLEN_INPUTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # packed, flash only
-KL_BASE_MODES = ("auto", "off", "adapter", "frozen_copy")  # values of `kl_base` (also true/false)
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy of next-token prediction, 0 where the (shifted) label is IGNORE_INDEX."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shift_labels)
-
-
-def uses_flash_attention(model: nn.Module) -> bool:
-    """True when the model's attention is a flash-attention kernel (varlen inputs for packed rows)."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    return "flash" in impl
-
-
-def model_inputs(batch: dict[str, Any], flash: bool) -> dict[str, Any]:
-    """The keys of a batch the model takes: ids, mask or packed position ids (+ varlen sizes on flash)."""
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    if flash and "position_ids" in batch and "cu_seq_lens_q" in batch:
-        inputs |= {k: batch[k] for k in FLASH_VARLEN_INPUTS}
-    return inputs
-
-
-def accepts_loss_kwargs(model: nn.Module) -> bool:
-    """Whether the (peft-unwrapped) model's forward takes `num_items_in_batch` (transformers' LMs do)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    accepts = getattr(base, "accepts_loss_kwargs", None)
-    if accepts is not None:
-        return bool(accepts)
-    params = inspect.signature(base.forward).parameters.values()
-    return any(p.kind is p.VAR_KEYWORD or p.name == "num_items_in_batch" for p in params)
-
-
-def all_ranks_sum(value: torch.Tensor) -> torch.Tensor:
-    """`value` summed over the ranks of the default process group: one all-reduce, on a copy."""
-    value = value.clone()
-    torch.distributed.all_reduce(value)
-    return value
-
-
-def resolve_kl_base(kl_base: bool | str, peft: bool, base_changed: str | None = None) -> str:
-    """The reference model of `val/<source>/kl_base`: "off", "adapter" or "frozen_copy".
-
-    `auto` (the default) is `adapter` under peft (free: the same weights with the adapter disabled) and
-    `off` for full fine-tuning, where the frozen copy doubles the model's memory; `true` is the cheapest
-    available reference (`adapter` under peft, else `frozen_copy`), `false` is `off`. When the adapter's
-    init changed the base weights (`base_changed`: PiSSA, OLoRA, CorDA) the adapter disabled is not the
-    base: `auto` is then `off`, `true` is `frozen_copy` and `adapter` is refused.
-
-    Raises:
-        ValueError: for an unknown setting, or `adapter` without a peft adapter or with a base-changing init.
-    """
-    adapter = "adapter" if peft and not base_changed else "frozen_copy"
-    if isinstance(kl_base, bool):
-        return adapter if kl_base else "off"
-    mode = str(kl_base).lower()
-    if mode not in KL_BASE_MODES:
-        raise ValueError(f"kl_base={kl_base!r} is not one of {list(KL_BASE_MODES)} (or true/false)")
-    if mode == "auto":
-        return "adapter" if adapter == "adapter" else "off"
-    if mode == "adapter" and peft and base_changed:
-        raise ValueError(
-            f"kl_base=adapter: peft.init_lora_weights={base_changed} changes the base weights, so the model "
-            "with its adapter disabled is not the base; use kl_base=frozen_copy (2x memory) or kl_base=off"
-        )
-    if mode == "adapter" and not peft:
-        raise ValueError(
-            "kl_base=adapter needs a peft adapter (peft=lora); for full fine-tuning use kl_base=frozen_copy "
-            "(a frozen copy of the base: twice the model's memory) or kl_base=off"
-        )
-    return mode
-
-
-def frozen_base(model: nn.Module, merge: bool = False) -> nn.Module:
-    """A frozen copy of `model`'s base weights (a peft adapter removed), in eval mode, without grad.
-
-    `merge`: merge the adapter in instead of removing it; taken before training from an adapter whose init
-    changed the base weights (PiSSA, OLoRA, CorDA: W = W_res + B0·A0), that is the original model.
-    """
-    base = copy.deepcopy(model)
-    if hasattr(base, "peft_config"):  # removed: the base without the adapter layers; or merged
-        base = base.merge_and_unload() if merge else base.unload()
-    base.eval()
-    base.requires_grad_(False)
-    return base
-
-
-@torch.no_grad()
-def packed_isolation_error(model: nn.Module, lengths: tuple[int, int] = (5, 7)) -> float:
-    """How much a packed example's logits change because of the example before it in the same row.
-
-    Runs two random sequences alone and packed (position ids restarting, no attention mask, varlen sizes
-    on flash attention) in eval mode and returns max |difference| / max |logit| of the second one: ~1e-6
-    in fp32 when the model keeps attention inside each example, of order 1 when it does not.
-    """
-    with eval_mode(model):
-        vocab = model.get_input_embeddings().num_embeddings
-        device = next(model.parameters()).device
-        g = torch.Generator().manual_seed(0)
-        a, b = (torch.randint(0, vocab, (1, n), generator=g).to(device) for n in lengths)
-        alone = model(input_ids=b, use_cache=False).logits.float()
-        pos = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-        batch: dict[str, Any] = {"input_ids": torch.cat([a, b], 1), "position_ids": pos}
-        cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32, device=device)
-        batch |= {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths)}
-        batch["max_length_k"] = max(lengths)
-        packed = model(**model_inputs(batch, uses_flash_attention(model)), use_cache=False).logits.float()
-        diff = (packed[:, lengths[0] :] - alone).abs().max() / alone.abs().max().clamp(min=1e-6)
-        return float(diff)
 
 
 class InstructionTuner(L.LightningModule):
@@ -201,9 +92,7 @@ class InstructionTuner(L.LightningModule):
         self.fused_cross_entropy = fused_cross_entropy
         self.loss_kwargs = fused_cross_entropy and accepts_loss_kwargs(model)
         self.flash = uses_flash_attention(model)
-        self.step_count: tuple[int, int, torch.Tensor] | None = None  # (first, end batch, N_step) of the step
-        self.log_sums: torch.Tensor | None = None  # the step's logged parts, summed over its micro-batches
-        self.warned_unannotated = False
+        self.step_loss = StepLoss()  # N_step and the logged parts of the optimizer step in progress
         if not isinstance(chunked_loss, bool) and not (isinstance(chunked_loss, int) and chunked_loss >= 1):
             raise ValueError(
                 f"chunked_loss={chunked_loss!r}: expected true, false or tokens per chunk (>= 1)"
@@ -306,16 +195,17 @@ class InstructionTuner(L.LightningModule):
 
         The cross-entropy part is the sum of the micro-batch's token losses x k·W / N_step (k micro-batches
         a step, W ranks, N_step the trained tokens of the step's micro-batches on all ranks, from
-        `step_tokens`): Lightning divides it by k and DDP averages the gradients over the W ranks, so a
-        step's gradient is that of the mean over all its trained tokens, however they are split into
-        micro-batches and ranks. A regularizer keeps its per-step semantics (see `regularized`).
+        `itune.step_loss.StepLoss.step_tokens`): Lightning divides it by k and DDP averages the gradients
+        over the W ranks, so a step's gradient is that of the mean over all its trained tokens, however
+        they are split into micro-batches and ranks. A regularizer keeps its per-step semantics (see
+        `regularized`).
         """
         if "position_ids" in batch and not self.isolation_checked:
             self.check_packing()
         inputs = model_inputs(batch, self.flash)
         trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-        n_step = self.step_tokens(batch, batch_idx, trained, layout).clamp(min=1)
-        share = layout.accumulate * layout.world_size
+        n_step = self.step_loss.step_tokens(batch, batch_idx, trained, layout).clamp(min=1)
+        share = step_share(layout)
         kl = None  # per-row KL(base ‖ tuned), for a regularizer that needs it
         if self.fused_cross_entropy:  # the model's loss: sum over the trained shifted labels / items
             ce = self.model_loss(inputs, batch["labels"], trained, n_step / share)
@@ -337,47 +227,6 @@ class InstructionTuner(L.LightningModule):
         if self.loss_kwargs:
             return self.model(**inputs, labels=labels, use_cache=False, num_items_in_batch=items).loss
         return self.model(**inputs, labels=labels, use_cache=False).loss * trained / items
-
-    def step_tokens(
-        self, batch: dict[str, Any], batch_idx: int, trained: torch.Tensor, layout: StepLayout
-    ) -> torch.Tensor:
-        """N_step: the trained tokens of the optimizer step's micro-batches on all ranks, counted once a step.
-
-        At the step's first micro-batch (or the first one seen after a resume mid-step), the batch's
-        `step_tokens_ahead` (read ahead by `itune.data.step_tokens.StepTokenLoader`) give this rank's
-        count, summed over the ranks in one all-reduce (no copy to the host); the step's other micro-batches
-        reuse it. A batch without them (a plain DataLoader) counts its own tokens: exact without gradient
-        accumulation; with it, every micro-batch is then its own mean (a warning says so).
-        """
-        first, end = step_span(batch_idx, layout)
-        cached = self.step_count
-        if cached is not None and batch_idx != first and cached[0] <= batch_idx < cached[1]:
-            return cached[2]
-        ahead = batch.get(STEP_TOKENS)
-        if ahead is None:
-            if layout.accumulate > 1 and not self.warned_unannotated:
-                self.warned_unannotated = True
-                log.warning(
-                    "training batches without %s (not from itune's StepTokenLoader): with "
-                    "accumulate_grad_batches=%d each micro-batch's loss is its own token mean",
-                    STEP_TOKENS,
-                    layout.accumulate,
-                )
-            count, end = trained * layout.accumulate, batch_idx + 1
-        else:
-            if ahead.numel() < end - batch_idx:
-                if ahead.numel() >= batch[STEP_WINDOW]:
-                    raise RuntimeError(
-                        f"the training loader reads {batch[STEP_WINDOW]} batch(es) ahead but this step has "
-                        f"{end - batch_idx} more (trainer.accumulate_grad_batches={layout.accumulate}); give "
-                        "StepTokenLoader a window of at least accumulate_grad_batches"
-                    )
-                end = batch_idx + ahead.numel()  # the data ends inside this step; Lightning steps there
-            count = ahead[: end - batch_idx].sum()
-        if layout.world_size > 1:
-            count = all_ranks_sum(count)
-        self.step_count = (batch_idx, end, count)
-        return count
 
     def regularized(
         self, ce: torch.Tensor, kl: torch.Tensor | None, trained: torch.Tensor
@@ -416,23 +265,11 @@ class InstructionTuner(L.LightningModule):
         loggers write only, they are summed over the ranks and copied to the host in one transfer: no
         `self.log` work and no host-device sync on the other micro-batches and steps.
         """
-        first, end, n_step = self.step_count
-        names = list(parts)[1:]  # the regularizer's term
-        real = batch.get("num_real_tokens", torch.zeros((), device=n_step.device))
-        rows = batch.get("num_row_tokens", torch.zeros((), device=n_step.device))
-        values = [parts["ce"], torch.ones_like(parts["ce"]), real, rows, *(parts[k] for k in names)]
-        vector = torch.stack([v.detach().double().reshape(()) for v in values])
-        self.log_sums = vector if batch_idx == first or self.log_sums is None else self.log_sums + vector
-        if batch_idx + 1 < end or not self.log_due():
+        if not self.step_loss.add_parts(parts, batch, batch_idx) or not self.log_due():
             return
-        sums = all_ranks_sum(self.log_sums) if self.step_layout().world_size > 1 else self.log_sums
-        host = torch.cat([sums, n_step.double().reshape(1)]).cpu().tolist()
-        ce, micro, real_sum, row_sum, *terms = host[:-1]
-        logged = {"train/ce": ce, **{k: v / micro for k, v in zip(names, terms, strict=True)}}
         weight = self.regularizer.weight if self.regularizer is not None else 0.0
-        logged = {"train/loss": ce + weight * sum(terms) / micro, **logged, "train/trained_tokens": host[-1]}
-        if "num_real_tokens" in batch:  # real (not padding) tokens, and their share of the step's rows
-            logged |= {"train/real_tokens": real_sum, "train/token_efficiency": real_sum / max(row_sum, 1)}
+        distributed = self.step_layout().world_size > 1
+        logged = self.step_loss.logged(list(parts)[1:], weight, distributed, "num_real_tokens" in batch)
         bs = batch["input_ids"].size(0)
         for key, value in logged.items():
             total = key.endswith("_tokens")

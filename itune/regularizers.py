@@ -1,4 +1,5 @@
-"""Regularizers of the training loss against forgetting: the options of the `regularizer` config group.
+"""Regularizers of the training loss against forgetting (the options of the `regularizer` config group),
+and the base model a KL to the base is taken against (`kl_base`: `resolve_kl_base`, `frozen_base`).
 
 The module adds one weighted term to the cross-entropy of every training step:
 
@@ -12,7 +13,7 @@ different weights stay comparable. Each works with any `peft` option and any dat
   `val/<source>/kl_base`, here on the training batch and with its gradient (the base side is constant).
   The base is the model with its LoRA adapter disabled (one more no-grad forward per step, no second
   copy), a frozen copy of the model for full fine-tuning or for adapters whose init changes the base
-  weights (PiSSA, OLoRA, CorDA: twice the model's memory); see `itune.module.resolve_kl_base`. Forward
+  weights (PiSSA, OLoRA, CorDA: twice the model's memory); see `resolve_kl_base`. Forward
   KL (base ‖ tuned) is mass-covering: it penalises the tuned model for dropping tokens the base found
   likely, which is what forgetting looks like. LLaMA-Factory's `use_asft_loss` uses alpha ≈ 0.05.
 - `L2ToInit` (`regularizer=l2_init`, L2-SP): weight * Σ ‖θ − θ₀‖² over the trainable parameters, θ₀
@@ -23,8 +24,12 @@ different weights stay comparable. Each works with any `peft` option and any dat
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+KL_BASE_MODES = ("auto", "off", "adapter", "frozen_copy")  # values of `kl_base` (also true/false)
 
 
 class Regularizer(nn.Module):
@@ -111,3 +116,51 @@ class L2ToInit(Regularizer):
             for i, name in enumerate(self.names)
         ]
         return torch.stack(terms).sum()
+
+
+# ----------------------------------------------------------------------------- the base model of a KL
+def resolve_kl_base(kl_base: bool | str, peft: bool, base_changed: str | None = None) -> str:
+    """The reference model of `val/<source>/kl_base`: "off", "adapter" or "frozen_copy".
+
+    `auto` (the default) is `adapter` under peft (free: the same weights with the adapter disabled) and
+    `off` for full fine-tuning, where the frozen copy doubles the model's memory; `true` is the cheapest
+    available reference (`adapter` under peft, else `frozen_copy`), `false` is `off`. When the adapter's
+    init changed the base weights (`base_changed`: PiSSA, OLoRA, CorDA) the adapter disabled is not the
+    base: `auto` is then `off`, `true` is `frozen_copy` and `adapter` is refused.
+
+    Raises:
+        ValueError: for an unknown setting, or `adapter` without a peft adapter or with a base-changing init.
+    """
+    adapter = "adapter" if peft and not base_changed else "frozen_copy"
+    if isinstance(kl_base, bool):
+        return adapter if kl_base else "off"
+    mode = str(kl_base).lower()
+    if mode not in KL_BASE_MODES:
+        raise ValueError(f"kl_base={kl_base!r} is not one of {list(KL_BASE_MODES)} (or true/false)")
+    if mode == "auto":
+        return "adapter" if adapter == "adapter" else "off"
+    if mode == "adapter" and peft and base_changed:
+        raise ValueError(
+            f"kl_base=adapter: peft.init_lora_weights={base_changed} changes the base weights, so the model "
+            "with its adapter disabled is not the base; use kl_base=frozen_copy (2x memory) or kl_base=off"
+        )
+    if mode == "adapter" and not peft:
+        raise ValueError(
+            "kl_base=adapter needs a peft adapter (peft=lora); for full fine-tuning use kl_base=frozen_copy "
+            "(a frozen copy of the base: twice the model's memory) or kl_base=off"
+        )
+    return mode
+
+
+def frozen_base(model: nn.Module, merge: bool = False) -> nn.Module:
+    """A frozen copy of `model`'s base weights (a peft adapter removed), in eval mode, without grad.
+
+    `merge`: merge the adapter in instead of removing it; taken before training from an adapter whose init
+    changed the base weights (PiSSA, OLoRA, CorDA: W = W_res + B0·A0), that is the original model.
+    """
+    base = copy.deepcopy(model)
+    if hasattr(base, "peft_config"):  # removed: the base without the adapter layers; or merged
+        base = base.merge_and_unload() if merge else base.unload()
+    base.eval()
+    base.requires_grad_(False)
+    return base

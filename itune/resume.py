@@ -116,15 +116,12 @@ class ResumeState(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.world_size, self.rank = int(trainer.world_size), int(trainer.global_rank)
         dm = trainer.datamodule
-        if stage != "fit" or dm is None or getattr(dm, "_itune_resumable", False):
+        if stage != "fit" or dm is None:
             return
-        original = dm.train_dataloader
-
-        def train_dataloader() -> DataLoader:
-            return self.wrap(original())
-
-        dm.train_dataloader = train_dataloader  # the datamodule's loader, with a resumable sampler
-        dm._itune_resumable = True
+        if not hasattr(dm, "train_loader_hook"):
+            log.warning("%s has no train_loader_hook: a resumed run restarts its epoch", type(dm).__name__)
+            return
+        dm.train_loader_hook = self.wrap  # the datamodule's loader, with a resumable sampler
         # Our sampler resumes mid-epoch (and the RNG states are restored), unlike the loaders
         # Lightning's warning is about.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")

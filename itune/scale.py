@@ -7,8 +7,8 @@ is built after the trainer config is composed, so `DecoderLayerPolicy` finds it 
 the model's `_no_split_modules` (transformers' list of blocks that must not be split).
 
 `check_scale(cfg)` refuses, before any data or model loads, the combinations that cannot work, each with one
-line saying why and what to use instead. `gather_for_save(trainer, model)` makes the run directory's
-`save_pretrained` write the full weights of a run whose strategy shards them (FSDP, DeepSpeed ZeRO-3).
+line saying why and what to use instead. `gather_for_save(strategy, model)` gathers the full weights of a
+run whose strategy shards them (FSDP, DeepSpeed ZeRO-3), which the run directory's writer then saves.
 """
 
 from __future__ import annotations
@@ -312,9 +312,11 @@ def zero3_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return out if rank0 else None
 
 
-def full_state_dict(strategy: Strategy, model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """All ranks: `model`'s full weights on rank 0 when `strategy` shards them (FSDP, ZeRO-3); None on
-    other ranks and under strategies where every rank holds them whole (one device, DDP, ZeRO-1/2)."""
+def gather_for_save(strategy: Strategy, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """All ranks, after `fit`: `model`'s full weights on rank 0 when `strategy` shards them (FSDP, ZeRO-3),
+    keyed as in the plain model, for `itune.runs.write.save_model(..., state_dict=...)` to write a standard
+    peft adapter or transformers model folder; None on other ranks and under strategies where every rank
+    holds them whole (one device, DDP, ZeRO-1/2): the model's own state dict is then saved."""
     if isinstance(strategy, FSDPStrategy):
         return fsdp_full_state_dict(strategy.model, model)
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
@@ -349,19 +351,3 @@ def _wrapped_module(module: nn.Module) -> nn.Module | None:
         if inner is not None:
             return inner
     return None
-
-
-def gather_for_save(trainer: Any, model: nn.Module) -> None:
-    """All ranks, after `fit`: under a sharding strategy gather `model`'s full weights and make rank 0's
-    `model.save_pretrained` write them, so the run directory gets a standard peft adapter or transformers
-    model folder (keys of the plain model). Nothing to do under other strategies."""
-    state = full_state_dict(trainer.strategy, model)
-    if state is None:
-        return
-    save_pretrained = model.save_pretrained
-
-    def save_full(*args: Any, **kwargs: Any) -> Any:
-        with without_wrappers(model):
-            return save_pretrained(*args, **{"state_dict": state, **kwargs})
-
-    model.save_pretrained = save_full  # type: ignore[method-assign]

@@ -1,7 +1,7 @@
 """Benchmark the data preparation against the bare batched tokenizer on the same rows.
 
     python scripts/bench_data.py [--data ../shared/data/alpaca_5000.json] [--tokenizer auto|byte|demo]
-                                 [--only toxicity]
+                                 [--only toxicity|curate]
 
 Prints rows/s of:
   tokenizer   the tokenizer alone, one batched call over each row's text (instruction, input, output)
@@ -10,8 +10,10 @@ Prints rows/s of:
   cached      the same setup a second time: datasets finds every map step in its cache
   toxicity    the toxicity filter alone (conf/curate/default.yaml settings) on the Alpaca-formatted rows, in
               batches of 500 as in curate; its one-off model load is printed apart
+  filters     with `--only curate`: each other row or set filter of conf/curate/<curate>.yaml alone on the
+              same rows, in batches of 1000 as in curate (PII, MinHash near-dedup, ...)
 and the ratios prepare/tokenizer, cached/tokenizer and toxicity/tokenizer (time per row; 1.0 = as fast as
-the tokenizer). `--only toxicity` skips the two setups.
+the tokenizer). `--only toxicity` skips the two setups; `--only curate` times the other filters instead.
 The demo SmolLM2 tokenizer is used when it is cached (`python -m itune.demo_model`), else the byte one.
 """
 
@@ -38,7 +40,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=["auto", "byte", "demo"], default="auto")
     parser.add_argument("--curate", default="default", help="option of conf/curate/ (default, strict, none)")
     parser.add_argument("--max-length", type=int, default=4096)
-    parser.add_argument("--only", choices=["toxicity"], default=None, help="time only this part")
+    parser.add_argument("--only", choices=["toxicity", "curate"], default=None, help="time only this part")
     args = parser.parse_args()
     if not Path(args.data).is_file():
         sys.exit(f"{args.data} not found (pass --data)")
@@ -96,6 +98,10 @@ def main() -> None:
     n = len(rows)
     print(f"tokenizer: {name}; {n} rows, {n_tokens} tokens (bare); curate={args.curate}")
     print(f"  bare batched tokenizer   {bare:7.3f} s  {n / bare:9.0f} rows/s")
+    if args.only == "curate":
+        for label, seconds in bench_filters(rows, curate_cfg.filters):
+            print(f"  {label:<24} {seconds:7.3f} s  {n / seconds:9.0f} rows/s  ratio {seconds / bare:6.2f}x")
+        return
     load, tox, flagged = bench_toxicity(rows, curate_cfg.filters.get("toxicity"))
     print(f"  toxicity filter alone    {tox:7.3f} s  {n / tox:9.0f} rows/s  ratio {tox / bare:6.2f}x", end="")
     print(f"  ({flagged} at or over its threshold; model load {load:.2f} s once per process)")
@@ -112,26 +118,53 @@ def main() -> None:
     shutil.rmtree(cache, ignore_errors=True)
 
 
+def conversations(rows: list[dict]) -> list[list[dict[str, str]]]:
+    """The Alpaca rows as messages; a row the format rejects (e.g. an empty output) keeps its instruction,
+    so that every row is timed."""
+    from itune.data.formats import RowError, alpaca
+
+    out = []
+    for row in rows:
+        try:
+            out.append(alpaca(row))
+        except RowError:
+            out.append([{"role": "user", "content": row.get("instruction", "")}])
+    return out
+
+
+def bench_filters(rows: list[dict], nodes: Any) -> list[tuple[str, float]]:
+    """(name, s) of each row and set filter but toxicity, alone on the Alpaca rows in batches of 1000."""
+    from hydra.utils import instantiate
+
+    from itune.data.curate import build_filters, curate_batch
+
+    convs, out = conversations(rows), []
+    for name, node in (nodes or {}).items():
+        if name == "toxicity" or node is None:
+            continue
+        filters = build_filters({name: instantiate(node)})
+        if filters[0].stage == "tokens":
+            continue
+        t = time.perf_counter()
+        for i in range(0, len(convs), 1000):
+            curate_batch({"messages": convs[i : i + 1000]}, filters)
+        out.append((f"filter {name}", time.perf_counter() - t))
+    return out
+
+
 def bench_toxicity(rows: list[dict], node: Any) -> tuple[float, float, int]:
     """(model load s, filter s, rows at or over the threshold) of the toxicity filter on Alpaca rows."""
     from hydra.utils import instantiate
 
-    from itune.data.formats import RowError, alpaca
     from itune.data.toxicity import Toxicity, toxicity_probs
 
-    def messages(row: dict) -> list[dict[str, str]]:
-        try:
-            return alpaca(row)
-        except RowError:  # e.g. an empty output: the same turns, not skipped, so every row is timed
-            return [{"role": "user", "content": row.get("instruction", "")}]
-
     f = instantiate(node) if node is not None else Toxicity()
-    conversations = [messages(r) for r in rows]
+    convs = conversations(rows)
     t = time.perf_counter()
     toxicity_probs(["warm up"])  # loads the bundled vectoriser and model
     load = time.perf_counter() - t
     t = time.perf_counter()
-    verdicts = [v for i in range(0, len(rows), 500) for v in f.verdicts(conversations[i : i + 500])]
+    verdicts = [v for i in range(0, len(rows), 500) for v in f.verdicts(convs[i : i + 500])]
     return load, time.perf_counter() - t, sum(v.action != "keep" for v in verdicts)
 
 

@@ -288,8 +288,8 @@ def run_itune(model: Any, batches: list, collate: Any, args: argparse.Namespace,
     import lightning as L
     import torch
     from datasets import Dataset
-    from torch.utils.data import DataLoader
 
+    from itune.data.step_tokens import StepTokenLoader
     from itune.module import InstructionTuner
 
     rows = [e for b in batches for e in b]
@@ -313,7 +313,10 @@ def run_itune(model: Any, batches: list, collate: Any, args: argparse.Namespace,
             if prof is not None:
                 prof.step()
 
-    loader = DataLoader(Timed(), batch_size=args.batch_size, shuffle=False, collate_fn=timer.wrap(collate))
+    # itune's training loader: each batch carries the trained tokens of its step (read ahead on the host)
+    loader = StepTokenLoader(
+        Timed(), batch_size=args.batch_size, shuffle=False, collate_fn=timer.wrap(collate), window=1
+    )
     module = InstructionTuner(
         model,
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0),
@@ -638,7 +641,7 @@ def main() -> None:
     parser.add_argument("--demo-max-length", type=int, default=512, help="tokens per example, demo model")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument(
-        "--lora-dropout", type=float, default=0.0, help="LoRA dropout of every runner (conf/peft/lora.yaml: 0.05)"
+        "--lora-dropout", type=float, default=0.0, help="LoRA dropout of every runner (itune's default: 0.05)"
     )
     parser.add_argument("--threads", type=int, default=torch_threads())
     parser.add_argument("--data", type=Path, default=ALPACA if ALPACA.exists() else None)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from itune.data.audit import AuditError, rows_hash, run_audit, to_markdown, write_audit
+from itune.data.audit import AuditError, run_audit, to_markdown, write_audit
 from itune.data.curate import content_hash
 from itune.data.datamodule import InstructDataModule
+from itune.data.manifest import rows_hash
 from itune.data.mix import mix_counts
 from tests.conftest import SHARED_DATA, write_jsonl
 from tests.test_templates import build

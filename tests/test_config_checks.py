@@ -111,7 +111,7 @@ def test_schemas_cover_every_shipped_key():
                 assert not key_problems(OmegaConf.to_container(cfg[group]), *GROUP_SCHEMAS[group]), option
         cfg = compose("train", overrides=["run_dir=x", "logger=mlflow"])
     assert set(cfg.tracking) == {f.name for f in dataclasses.fields(TrackingSchema)}
-    model_keys = set(OmegaConf.load(CONF / "model" / "llama3_1_8b.yaml"))
+    model_keys = set(OmegaConf.load(CONF / "_base_hub_model.yaml"))
     assert model_keys == {f.name for f in dataclasses.fields(ModelSchema)}
     eval_keys = set(OmegaConf.load(CONF / "_base_eval.yaml")) | {"data_dir"}  # data_dir: general, ifeval
     assert eval_keys == {f.name for f in dataclasses.fields(EvalSchema)}

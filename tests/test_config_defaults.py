@@ -26,10 +26,7 @@ INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_
 
 # Where the Python default is what should change (the YAML is the documented behaviour): these pass until
 # the Python side is fixed, then fail as stale so the entry is deleted.
-PYTHON_TO_CHANGE = {
-    "data.packing": "packing is on by default (README, Throughput); InstructDataModule(packing=False) is not",
-    "data.group_by_length": "on by default in the YAML; InstructDataModule(group_by_length=False) is not",
-}
+PYTHON_TO_CHANGE: dict[str, str] = {}
 
 # Deliberate choices that differ from the target's default: "<group>=<option>: <path>" for one option,
 # "<path>" alone for every option that has the node (a shared default or an inherited one).

@@ -370,7 +370,7 @@ def test_forgetting_report_flags_a_damaged_model(tmp_path, tokenizer, chatml):
     assert report["summary"]["forgetting/regressions"] == len(flagged)
     assert report["summary"]["forgetting/significant_regressions"] >= 2
 
-    write_report(tmp_path, report, items)
+    write_report(report, tmp_path, items)
     saved = json.loads((tmp_path / "forgetting.json").read_text())
     assert saved["summary"] == report["summary"]
     markdown = (tmp_path / "forgetting.md").read_text()

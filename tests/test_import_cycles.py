@@ -28,12 +28,9 @@ KNOWN_CYCLES: dict[str, list[frozenset[str]]] = {
                 "itune.sweep.shared",
             }
         ),
-        # config_schema checks data configs with datamodule.Source (lazily); audit checks group keys lazily
-        frozenset({"itune.config_schema", "itune.data.audit", "itune.data.datamodule"}),
     ],
     "concerns": [
         frozenset({"hydra_plugins.itune_optuna_sweeper", "itune.sweep"}),  # register_plugin, as above
-        frozenset({"itune.config_schema", "itune.data"}),  # as above
     ],
 }
 SWEEP_REPORT = "itune.sweep.report"

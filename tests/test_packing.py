@@ -188,7 +188,7 @@ def datamodule(tmp_path, tokenizer, **kw) -> InstructDataModule:
         template=build("chatml", tokenizer),
         val_fraction=0.1,
         max_length=256,
-        **({"batch_size": 4} | kw),
+        **({"batch_size": 4, "packing": False, "group_by_length": False} | kw),
     )
     dm.setup("fit")
     return dm

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -326,9 +325,10 @@ def _fsdp_worker(rank: int, world: int, out: str, port: int, peft: bool) -> None
         _Holder(reference)(ids).backward()  # the same batch on both ranks: FSDP's mean gradient is this one
         reference_optimizer.step()
         strategy.model = wrapped
-        gather_for_save(SimpleNamespace(strategy=strategy), model)
+        weights = gather_for_save(strategy, model)
         if rank == 0:
-            save_model(Path(out).parent, model, byte_level_tokenizer())
+            with scale.without_wrappers(model):
+                save_model(Path(out).parent, model, byte_level_tokenizer(), state_dict=weights)
             result = _compare_saved(Path(out).parent, reference)
             result["fsdp_units"] = sum(isinstance(m, FSDP) for m in wrapped.modules())
             result["checkpointed"] = sum(isinstance(m, CheckpointWrapper) for m in wrapped.modules())
@@ -377,8 +377,8 @@ def _zero3_worker(rank: int, out: str, port: int) -> None:
     partitioned = all(p.numel() == 0 for p in model.parameters())
     full = scale.zero3_full_state_dict(model)
     expected = reference.state_dict()
-    gather_for_save(SimpleNamespace(strategy=DeepSpeedStrategy(stage=3)), model)
-    save_model(Path(out).parent, model, byte_level_tokenizer())
+    weights = gather_for_save(DeepSpeedStrategy(stage=3), model)
+    save_model(Path(out).parent, model, byte_level_tokenizer(), state_dict=weights)
     result = _compare_saved(Path(out).parent, reference)
     result["partitioned"] = partitioned
     result["full_equal"] = set(full) == set(expected) and all(

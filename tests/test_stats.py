@@ -181,7 +181,7 @@ def test_compare_runs_kl_rows_summary_bounds_and_items_files(tmp_path):
         "dom": {"format": "plain", "estimators": means(["ok"])}
     }
 
-    write_report(tmp_path, report, items)
+    write_report(report, tmp_path, items)
     assert read_items(tmp_path / "items_tuned.jsonl") == {"dom": tuned_rows}
     assert read_items(tmp_path / "items_base.jsonl") == {"dom": base_rows}
     markdown = (tmp_path / "forgetting.md").read_text()

@@ -26,7 +26,13 @@ def rows(n: int, prefix: str) -> list[dict]:
 
 
 def streaming(tokenizer, sources: dict, **kw) -> InstructDataModule:
-    settings = {"streaming": True, "streaming_audit_rows": 8, "val_fraction": 0.25, "batch_size": 3}
+    settings = {
+        "streaming": True,
+        "streaming_audit_rows": 8,
+        "val_fraction": 0.25,
+        "batch_size": 3,
+        "packing": False,
+    }
     dm = InstructDataModule(
         sources=sources, tokenizer=tokenizer, template=build("chatml", tokenizer), **settings | kw
     )

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
+from itune.data.messages import IGNORE_INDEX
 from itune.data.packing import balanced_rows, packed_position_ids, padded_width
-from itune.data.templates import IGNORE_INDEX
 
 
 class PadCollator:

@@ -2,14 +2,25 @@
 
 Each format names the fields it reads; a field map renames a dataset's own columns to them, e.g.
 `fields: {instruction: question, output: answer}` reads `question`/`answer` as alpaca's instruction/output.
+
+A source's `format` is a built-in name (alpaca, dolly, flan, messages) or the dotted path of a user's
+function `row -> messages` or class (instantiated once without arguments; its instances convert rows),
+e.g. `format: mypkg.formats.Ticket`. It gets the row without its null fields, raises RowError for a bad
+row (a KeyError counts as a missing field) and may list the fields it reads in a `fields` attribute.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from itune.data.templates import Message, check_messages
+from itune.data.messages import Message, check_messages
+
+RowFormat = Callable[[Mapping[str, Any]], list[Message]]
 
 
 class RowError(ValueError):
@@ -83,7 +94,7 @@ def messages(row: Mapping[str, Any]) -> list[Message]:
     return turns
 
 
-FORMATS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
+FORMATS: dict[str, RowFormat] = {
     "alpaca": alpaca,
     "dolly": dolly,
     "flan": flan,
@@ -95,13 +106,69 @@ FIELDS = {
     "flan": ["inputs", "targets"],
     "messages": ["messages: [{role, content}, ...]"],
 }
+VALID = f"{', '.join(FORMATS)}, or the dotted path of a function or class (row -> messages)"
 
 
-def get_format(name: str) -> Callable[[Mapping[str, Any]], list[Message]]:
-    """The row → messages function of a format name; ValueError listing the valid names."""
-    if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; valid formats: {', '.join(FORMATS)}")
-    return FORMATS[name]
+@functools.cache
+def _import_format(path: str) -> RowFormat:
+    module, _, attr = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"format {path!r} cannot be imported ({type(e).__name__}: {e}); valid formats: {VALID}"
+        ) from None
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except TypeError as e:
+            raise ValueError(f"format class {path!r} must take no arguments ({e})") from None
+    if not callable(obj):
+        raise ValueError(f"format {path!r} is a {type(obj).__name__}, not callable; valid formats: {VALID}")
+    return obj
+
+
+def get_format(name: str) -> RowFormat:
+    """The row → messages function of a format name or dotted path; ValueError listing the valid ones.
+
+    >>> get_format("sharegpt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown format 'sharegpt'; valid formats: alpaca, dolly, flan, messages, or the dotted ...
+    """
+    if not isinstance(name, str) or "." not in name.strip("."):
+        if isinstance(name, str) and name in FORMATS:
+            return FORMATS[name]
+        raise ValueError(f"unknown format {name!r}; valid formats: {VALID}")
+    return _import_format(name)
+
+
+def format_version(name: str) -> str:
+    """What identifies a format's code in cache keys: the name, plus a hash of a user format's source."""
+    if name in FORMATS:
+        return name
+    fn = get_format(name)
+    try:
+        code = inspect.getsource(fn if inspect.isfunction(fn) else type(fn))
+    except (OSError, TypeError):
+        return name
+    return f"{name}:{hashlib.sha256(code.encode()).hexdigest()[:16]}"
+
+
+def _user_messages(fn: RowFormat, row: Mapping[str, Any]) -> list[Message]:
+    """A user format's messages, checked: a KeyError is a missing field, bad turns are a RowError.
+
+    Null fields are left out of the row (a JSONL row without a column reads it as null).
+    """
+    try:
+        turns = fn({k: v for k, v in row.items() if v is not None})
+    except KeyError as e:
+        raise RowError(f"missing field {e.args[0]!r}") from None
+    try:
+        check_messages(turns)
+    except ValueError as e:
+        raise RowError(f"it returned bad messages: {e}") from None
+    return turns
 
 
 def to_messages(
@@ -119,9 +186,11 @@ def to_messages(
             raise RowError(f"missing column(s) {absent} named in the field map {dict(fields)}")
         row = {**row, **{want: row[have] for want, have in fields.items()}}
     try:
-        return fn(row)
+        return fn(row) if format in FORMATS else _user_messages(fn, row)
     except RowError as e:
-        raise RowError(f"{e}; format {format!r} expects fields {FIELDS[format]}") from None
+        expected = FIELDS.get(format) or getattr(fn, "fields", None)
+        hint = f" expects fields {expected}" if expected else ""
+        raise RowError(f"{e}; format {format!r}{hint}") from None
 
 
 def to_conversation(row: dict[str, Any], system_prompt: str | None = None, where: str = "") -> list[Message]:

@@ -10,14 +10,17 @@ Two ways to pack (`data.pack_scope`), both deterministic and both keeping every 
 
 The collator (itune/data/collate.py) turns a row into input_ids/labels/position_ids with position ids
 restarting at 0 for every example, which transformers uses to keep attention inside each example.
+`plan_batches` decides the rows ahead of training and measures the share of real tokens in the batches.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -152,6 +155,84 @@ def length_grouped_order(
     partial = [b for b in batches if len(b) != batch_size]  # kept last, so chunking stays aligned
     shuffled = [full[k] for k in torch.randperm(len(full), generator=g).tolist()]
     return [i for b in shuffled + partial for i in b]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the training examples go into batches: their lengths, the packed rows (pack_scope=dataset:
+    example indices of every row) and the share of real tokens in one epoch's batches."""
+
+    lengths: list[int]
+    efficiency: float
+    bins: list[list[int]] = field(default_factory=list)
+    packed: bool = False  # bins are the packed rows of the whole mixture
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """`data/packed_rows` (pack_scope=dataset) and `data/packing_efficiency` of metrics.json."""
+        rows = {"data/packed_rows": len(self.bins)} if self.packed else {}
+        return rows | {"data/packing_efficiency": self.efficiency}
+
+
+def plan_batches(
+    lengths: list[int],
+    batch_size: int,
+    seed: int,
+    packing: bool,
+    pack_scope: str,
+    pack_length: int,
+    group_by_length: bool,
+    pad_to_multiple_of: int,
+) -> BatchPlan:
+    """Packed rows (pack_scope=dataset) and the share of real tokens in training batches.
+
+    The efficiency is real tokens / (rows x row width) over one epoch: of the packed rows (x pack_length)
+    with pack_scope=dataset, otherwise of the batches of one seeded shuffle (rows padded as the collator
+    pads them), so it is also reported without packing.
+
+    Example:
+        >>> plan_batches([3, 5, 8], 2, 0, True, "dataset", 8, False, 1).bins
+        [[2], [1, 0]]
+    """
+    if packing and pack_scope == "dataset":
+        bins = best_fit_decreasing(lengths, pack_length)
+        return BatchPlan(lengths, sum(lengths) / (len(bins) * pack_length), bins, packed=True)
+    grouped = group_by_length and not packing
+    efficiency = epoch_efficiency(
+        lengths, batch_size, seed, pack_length if packing else None, grouped, pad_to_multiple_of
+    )
+    return BatchPlan(lengths, efficiency)
+
+
+def epoch_efficiency(
+    lengths: list[int],
+    batch_size: int,
+    seed: int,
+    pack_length: int | None,
+    group_by_length: bool,
+    pad_to_multiple_of: int,
+) -> float:
+    """Real / batch tokens over one seeded epoch of padded batches, or of batches packed into rows of
+    `pack_length` (pack_scope=batch), in the order the loader draws them.
+
+    Example:
+        >>> epoch_efficiency([8, 4], 2, 0, None, False, 1), epoch_efficiency([8, 4], 2, 0, 16, False, 1)
+        (0.75, 1.0)
+    """
+    if group_by_length:
+        order = length_grouped_order(lengths, batch_size, seed)
+    else:
+        order = np.random.default_rng(seed).permutation(len(lengths)).tolist()
+    real = slots = 0
+    for start in range(0, len(order), batch_size):
+        lens = [lengths[i] for i in order[start : start + batch_size]]
+        if pack_length is not None:
+            rows = [sum(lens[i] for i in r) for r in balanced_rows(lens, pack_length)]
+        else:
+            rows = lens
+        real += sum(rows)
+        slots += len(rows) * padded_width(max(rows), pad_to_multiple_of)
+    return real / max(1, slots)
 
 
 class LengthGroupedSampler(Sampler[int]):

@@ -1,8 +1,10 @@
-"""Load one data source (local JSON/JSONL/CSV/Parquet file or a hub dataset id) with `datasets`."""
+"""A data source: its spec (`Source`, a node under `data.sources`) and loading it (local JSON/JSONL/CSV/
+Parquet file or a hub dataset id) with `datasets`."""
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import logging
 import sys
@@ -12,13 +14,67 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset, load_dataset
 
+from itune.data.formats import get_format
+
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # datasets logs its own JSON parse error before raising; load_source re-raises it naming file and line.
 logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
 
 
+log = logging.getLogger(__name__)
+
+
 class SourceError(ValueError):
     """A data source cannot be read; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One named data source of a mix (a node under `data.sources`)."""
+
+    name: str
+    path: str
+    format: str = "alpaca"  # a built-in format name or the dotted path of a row -> messages callable
+    weight: float = 1.0
+    fields: dict[str, str] | None = None  # {format field: column name} for other column names
+    split: str = "train"  # hub datasets only
+    subset: str | None = None  # hub datasets only
+
+    @property
+    def where(self) -> str:
+        """How messages name the source: its config key and path."""
+        return f"data.sources.{self.name} ({self.path})"
+
+
+def make_source(name: str, node: dict[str, Any]) -> Source:
+    """Build a Source from its config node, naming the key that is wrong."""
+    valid = [f.name for f in dataclasses.fields(Source) if f.name != "name"]
+    unknown = sorted(set(node) - set(valid))
+    if unknown:
+        raise ValueError(f"data.sources.{name}: unknown key(s) {unknown}; valid keys: {valid}")
+    if not node.get("path"):
+        raise ValueError(f"data.sources.{name}.path is not set (a local file or a hub dataset id)")
+    try:
+        get_format(node.get("format", "alpaca"))
+    except ValueError as e:
+        raise ValueError(f"data.sources.{name}.format: {e}") from None
+    return Source(name=name, **node)
+
+
+def row_place(path: str, idx: int) -> str:
+    """Where row `idx` (0-based) sits in its file, as its editor shows it.
+
+    >>> row_place("a.jsonl", 3), row_place("a.json", 3)
+    ('row 3 (line 4 of the JSONL file)', 'row 3 (record 4 of the JSON array)')
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return f"row {idx} (line {idx + 1} of the JSONL file)"
+    if suffix == ".json":
+        return f"row {idx} (record {idx + 1} of the JSON array)"
+    if suffix in (".csv", ".tsv"):
+        return f"row {idx} (line {idx + 2} of the CSV file)"
+    return f"row {idx}"
 
 
 def _utf8_problem(path: Path, chunk: int = 1 << 24) -> str | None:
@@ -140,3 +196,17 @@ def load_jsonl_skipping(path: str) -> tuple[Dataset, list[str]]:
         else:
             rows.append(row)
     return Dataset.from_list(rows), bad
+
+
+def load_rows(src: Source, on_bad_row: str) -> tuple[Dataset, list[str]]:
+    """A source's rows, and the malformed JSON lines left out (on_bad_row=skip, JSONL files only)."""
+    try:
+        return load_source(src.path, split=src.split, subset=src.subset), []
+    except SourceError:
+        if on_bad_row != "skip" or not src.path.endswith(".jsonl"):
+            raise
+        raw, bad = load_jsonl_skipping(src.path)
+        if not bad:  # not a malformed line (an empty file, say): nothing to skip
+            raise
+        log.warning("%s: skipped %d malformed JSON line(s), first: %s", src.where, len(bad), bad[0])
+        return raw, bad

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from itune.data.templates import IGNORE_INDEX
+from itune.data.messages import IGNORE_INDEX
 
 STEP_TOKENS = "step_tokens_ahead"  # 1-D int64: trained tokens of this batch and the next ones
 STEP_WINDOW = "step_window"  # batches the loader reads ahead (len of STEP_TOKENS unless the data ended)

@@ -22,9 +22,12 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-Message = dict[str, str]
-ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100  # label value the loss skips
+# the message seam lives in itune.data.messages; these names stay importable from here
+from itune.data.messages import IGNORE_INDEX as IGNORE_INDEX
+from itune.data.messages import ROLES as ROLES
+from itune.data.messages import Message as Message
+from itune.data.messages import check_messages as check_messages
+
 MASK_POLICY = "assistant content + the end-of-turn token after each assistant turn; all else masked"
 _PROBE = [
     {"role": "system", "content": "Probe system."},
@@ -44,24 +47,6 @@ class Segment:
     text: str
     trained: bool
     role: str = ""  # the turn the text belongs to; "" for template markup (headers, separators, BOS)
-
-
-def check_messages(messages: list[Message]) -> None:
-    """Raise ValueError unless `messages` is a list of {role, content} turns with a known role.
-
-    A system turn may only come first.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"messages must be a non-empty list of {{role, content}} dicts, got {messages!r}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must have exactly the keys role and content, got {m!r}")
-        if m["role"] not in ROLES:
-            raise ValueError(f"message {i} has role {m['role']!r}; valid roles: {', '.join(ROLES)}")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"message {i} content must be a string, got {type(m['content']).__name__}")
-        if m["role"] == "system" and i != 0:
-            raise ValueError(f"message {i} is a system turn; a system turn may only come first")
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:

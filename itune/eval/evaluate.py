@@ -68,7 +68,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         )
         report = compare_runs(base, metrics, suites, [], cfg.eval, all_items)
         metrics |= {f"base/{k}": v for k, v in base.items()} | report["summary"]
-        write_report(out, report)
+        write_report(report, out)
         show_report(report, all_samples, cfg.eval.get("show_samples", 3))
         if scales:
             _, at = interpolation(model, base_lm)

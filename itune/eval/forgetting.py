@@ -196,9 +196,10 @@ def compare_runs(
 
 
 def write_report(
-    run_dir: Path, report: dict[str, Any], items: Mapping[str, SuiteItems] | None = None
+    report: dict[str, Any], run_dir: Path, items: Mapping[str, SuiteItems] | None = None
 ) -> None:
-    """forgetting.json, forgetting.md, forgetting.png and the item files (`items`) in the run directory."""
+    """forgetting.json, forgetting.md, forgetting.png and the item files (`items`) in the run directory
+    (report first, then the directory, as `itune.sweep.report.write_report`)."""
     if items:
         write_items(run_dir, items)
     (run_dir / FORGETTING_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -11,12 +11,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from itune.data.collate import PadCollator
 from itune.data.formats import to_messages
+from itune.data.messages import IGNORE_INDEX
 from itune.data.sources import load_source
-from itune.data.templates import IGNORE_INDEX, Template
+from itune.data.templates import Template
 from itune.eval.items import ItemScores, item_ids, item_scores
 from itune.eval.runner import ScoredSuite
 from itune.inference.eval_mode import eval_mode
-from itune.module import token_losses
+from itune.losses import token_losses
 
 
 class PerplexitySuite(ScoredSuite):

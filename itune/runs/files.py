@@ -9,7 +9,10 @@ from __future__ import annotations
 # itune-train (itune.runs.write)
 CONFIG_FILE = "config.yaml"  # the resolved config, secrets redacted
 TEMPLATE_FILE = "template.json"  # template spec, special tokens, mask policy, fingerprint
-METRICS_FILE = "metrics.json"  # flat metrics, the loggers' keys
+# A training run's final metrics, flat, the loggers' keys: train/, val/, data stats, and with eval suites
+# eval/, base/, gain/, forgetting/. Read by itune-report (its presence marks a completed job), itune-export's
+# model card and the sweep objective.
+METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.json"  # generated answers of the eval suites (itune-eval writes one in its out dir)
 ADAPTER_DIR = "adapter"  # peft adapter + tokenizer
 MODEL_DIR = "model"  # full fine-tune weights + tokenizer
@@ -26,6 +29,9 @@ AUDIT_PLOTS_DIR = "audit"
 FORGETTING_JSON = "forgetting.json"
 FORGETTING_MD = "forgetting.md"
 FORGETTING_PLOT = "forgetting.png"
+# An itune-eval job's metrics, in its own output directory: eval/ of the evaluated model and, against a run's
+# base, base/, gain/, forgetting/, interpolate/. Not a training run's metrics.json: a different name so that
+# itune-report never counts an evaluation as a completed training job, nor one replaces the other.
 EVAL_METRICS_FILE = "eval_metrics.json"
 INTERPOLATION_JSON = "interpolation.json"
 INTERPOLATION_MD = "interpolation.md"

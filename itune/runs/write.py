@@ -137,10 +137,20 @@ def honour_umask(directory: Path) -> None:
         path.chmod(mode)
 
 
-def save_model(run_dir: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:
-    """The adapter (`adapter/`, peft) or the full model (`model/`) as safetensors, with the tokenizer."""
+def save_model(
+    run_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
+    """The adapter (`adapter/`, peft) or the full model (`model/`) as safetensors, with the tokenizer.
+
+    `state_dict`: the weights to write instead of the model's own, when a strategy shards them (the full
+    weights `itune.scale.gather_for_save` gathers; save with `itune.scale.without_wrappers(model)` on).
+    """
     target = run_dir / (ADAPTER_DIR if hasattr(model, "peft_config") else MODEL_DIR)
-    model.save_pretrained(target, safe_serialization=True)
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(target, safe_serialization=True, **kwargs)
     honour_umask(target)
     tokenizer.save_pretrained(target)
     return target
