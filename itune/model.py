@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from itune.lora_dropout import fuse_lora_dropout
 from itune.quantization import is_quantized, prepare_quantized, quantized_load_kwargs
 
 log = logging.getLogger(__name__)
@@ -248,12 +249,15 @@ def apply_peft(
     model: PreTrainedModel,
     peft_config: PeftConfig | None,
     calibration: Iterable[Sequence[int]] | None = None,
+    fuse_dropout: bool = True,
 ) -> PreTrainedModel | PeftModel:
     """Wrap `model` with a peft adapter, or return it unchanged for full fine-tuning.
 
     `peft.init_lora_weights` picks the adapter's init (conf/peft/lora.yaml lists them); `corda` runs
     CorDA's preprocessing on `calibration` (token id rows) first. For inits that change the base weights
     (PiSSA, OLoRA, CorDA) the run's adapter is saved converted to a plain LoRA for the original base.
+    `fuse_dropout` fuses LoRA dropout into lora_A (itune.lora_dropout: same numbers, less activation
+    memory); False keeps stock peft layers.
 
     Raises:
         ValueError: for an init itune cannot run (EVA, LoRA-GA), or CorDA without calibration rows.
@@ -274,6 +278,8 @@ def apply_peft(
     wrapped = get_peft_model(model, peft_config)
     if base_changing_init(peft_config):
         _convert_on_save(wrapped)
+    if fuse_dropout:
+        log.info("peft: LoRA dropout fused into lora_A of %d layers", fuse_lora_dropout(wrapped))
     trainable, total = wrapped.get_nb_trainable_parameters()
     log.info(
         "peft: %s trainable of %s parameters (%.2f%%)",
