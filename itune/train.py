@@ -45,6 +45,7 @@ from itune.resume_run import check_resume, previous_attempt
 from itune.runs import write as rd
 from itune.runs.tracking import log_run_artifacts
 from itune.scale import check_scale, gather_for_save, without_wrappers
+from itune.swiglu import recompute_silu
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,7 @@ def _build_model(cfg: DictConfig, datamodule: Any) -> Any:
     model = instantiate(cfg.model.lm)
     if cfg.model.get("liger_kernel"):  # before peft: patches the base model's modules and loss
         apply_liger_kernel(model)
+    recompute_silu(model)  # gated MLPs keep one intermediate tensor less for backward (liger's: left alone)
     if cfg.model.get("gradient_checkpointing"):
         enable_gradient_checkpointing(model)
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.get("peft") else None

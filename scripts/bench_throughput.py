@@ -22,8 +22,9 @@ process, so peak RSS is its own (it includes the model and the imports, which ar
   (every runner trains the same batches, so medians compare; they resist a busy machine); the table shows
   their medians over repeats.
 - Runners: `itune` trains as itune does by default: the chunked cross-entropy (the LM head and the loss over
-  chunks of tokens, never the full logits) and LoRA dropout fused into lora_A (`itune.lora_dropout`);
-  `itune_full` with `chunked_loss=False` and peft's own dropout layers (itune before its memory work: the
+  chunks of tokens, never the full logits), LoRA dropout fused into lora_A (`itune.lora_dropout`) and
+  silu(gate) recomputed in the MLP's backward (`itune.swiglu`);
+  `itune_full` with `chunked_loss=False` and stock MLP and dropout layers (itune before its memory work: the
   full logits, as the hand loop and TRL have). `--lora-dropout 0.05` is itune's default; 0 (the
   benchmark's default) makes the dropout layers identities, as in the earlier tables.
 - peak MB: the training's peak memory, from the first step to the last (the model, the optimizer and the
@@ -67,7 +68,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tens
 # ------------------------------------------------------------------------------------------ shared setup
 def load(model_name: str, lora_dropout: float = 0.0, fuse_dropout: bool = False) -> tuple[Any, Any, Any]:
     """(LoRA model, tokenizer, template) of `tiny` or `demo`, as itune builds them; `fuse_dropout`: with
-    itune's fused LoRA dropout (itune.lora_dropout), else stock peft layers."""
+    itune's fused LoRA dropout (itune.lora_dropout) and recomputed silu (itune.swiglu), else stock layers."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -86,6 +87,10 @@ def load(model_name: str, lora_dropout: float = 0.0, fuse_dropout: bool = False)
 
         tok, model, tpl = load_demo_tokenizer(), load_demo_model(), "tokenizer"
     template = instantiate(OmegaConf.load(ROOT / "conf" / "template" / f"{tpl}.yaml"), tokenizer=tok)
+    if fuse_dropout:  # itune's memory savings: silu(gate) recomputed, LoRA dropout fused
+        from itune.swiglu import recompute_silu
+
+        recompute_silu(model)
     return apply_peft(model, instantiate(lora), fuse_dropout=fuse_dropout), tok, template
 
 
