@@ -12,7 +12,13 @@ perplexity as a relative change, [CI], `*` when significant after Holm); the KL 
 base on general validation data; the job's wall time (status.json). Missing metrics read `-` (IFEval,
 multiple choice and Alpaca perplexity need eval=demo_full). `--interpolation` adds the WiSE-FT points of
 `itune-eval run=<run> interpolate=[...]`, one row per λ (KL general and wall time are the training run's
-concern, so `-`). Writes `<first sweep dir>/mitigations.md`.
+concern, so `-`).
+
+Several seeds of the same mitigations (sweeps run with `seed=1`, `seed=2`, ... given together) add two tables:
+across seeds, one row per mitigation with the mean Alpaca perplexity change and general KL at the target,
+each with a 95% t-interval over the seeds, and the same two paired by seed with plain SFT (the difference,
+its interval, and how much of plain SFT's drop is removed); and the general KL at each periodic eval (matched
+steps, mean over the seeds that got there). Writes `<first sweep dir>/mitigations.md`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy import stats
 
 from itune.sweep.report.collect import Run, collect_runs, varying_keys
 
@@ -38,6 +47,7 @@ GENERAL = [  # (column, forgetting.json metric): the general drops
     ("general rules", "eval/general_rules/no_disclaimer"),
     ("val general loss", "val/general/loss"),
 ]
+ALPACA = "eval/perplexity/alpaca_ppl"
 NAMED = ("regularizer", "regularizer.weight", "data.sources.general.weight")  # in the mitigation's name
 
 
@@ -151,21 +161,174 @@ def interpolation_rows(path: Path, target: float) -> list[dict[str, str]]:
     return rows
 
 
+def seed_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean and its 95% t-interval over seeds (lo = hi = mean for one value).
+
+    >>> [round(v, 3) for v in seed_interval([1.0, 2.0, 3.0])]
+    [2.0, -0.484, 4.484]
+    """
+    a = np.asarray(values, dtype=float)
+    mean = float(a.mean())
+    if len(a) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return mean, mean - half, mean + half
+
+
+def interval_cell(values: list[float], mark: bool = False) -> str:
+    """`mean [lo, hi]` over seeds (`n=1` when one), `*` when `mark` and the interval excludes 0."""
+    if not values:
+        return "-"
+    mean, lo, hi = seed_interval(values)
+    if len(values) == 1:
+        return f"{fmt(mean, True)} (n=1)"
+    star = " *" if mark and (lo > 0 or hi < 0) else ""
+    return f"{fmt(mean, True)} [{fmt(lo, True)}, {fmt(hi, True)}]{star}"
+
+
+def alpaca_change(run: Run) -> float | None:
+    """The job's Alpaca perplexity change against the base (relative, negative = worse)."""
+    return forgetting_rows(Path(run.path)).get(ALPACA, {}).get("improvement")
+
+
+def seed_groups(runs: list[Run], others: list[str]) -> dict[str, dict[str, Run]]:
+    """Completed jobs by mitigation (the name without the seed), then by seed (`default` when not set)."""
+    groups: dict[str, dict[str, Run]] = {}
+    for run in runs:
+        if run.status == "completed":
+            name = mitigation(run.overrides, [k for k in others if k != "seed"])
+            groups.setdefault(name, {})[run.overrides.get("seed", "default")] = run
+    return {name: dict(sorted(by_seed.items())) for name, by_seed in groups.items()}
+
+
+def plain_name(run: Run, others: list[str]) -> str:
+    """The name of the plain SFT job that `run` is compared with: same other overrides, no mitigation."""
+    plain = {k: v for k, v in run.overrides.items() if k not in NAMED} | {"regularizer": "none"}
+    return mitigation(plain, [k for k in others if k != "seed"])
+
+
+def removed(arm: list[float], plain: list[float]) -> str:
+    """How much of plain SFT's mean drop the arm removes, as a percentage (`-` without a plain drop)."""
+    total = sum(plain)
+    return "-" if not arm or total <= 0 else f"{1 - sum(arm) / total:+.0%}"
+
+
+def seeds_rows(groups: dict[str, dict[str, Run]], target: float, others: list[str]) -> list[dict[str, str]]:
+    """One row per mitigation: its seeds, how many reached `target`, the steps it took, the general drops
+    at the stop (mean [95% t-interval over seeds]) and, paired by seed, their difference to plain SFT."""
+    rows = []
+    for name, by_seed in groups.items():
+        runs = list(by_seed.values())
+        reference = plain_name(runs[0], others)
+        plain = groups.get(reference, {}) if reference != name else {}
+        steps = [first_step(Path(r.path), COMPLIANCE, target) for r in runs]
+        reached = sum((r.metrics.get(COMPLIANCE) or 0.0) >= target for r in runs)
+        alpaca = {s: v for s, r in by_seed.items() if (v := alpaca_change(r)) is not None}
+        kl = {s: v for s, r in by_seed.items() if (v := r.metrics.get(KL_GENERAL)) is not None}
+        base_alpaca = {s: v for s, r in plain.items() if (v := alpaca_change(r)) is not None}
+        base_kl = {s: v for s, r in plain.items() if (v := r.metrics.get(KL_GENERAL)) is not None}
+        pa = [s for s in alpaca if s in base_alpaca]
+        pk = [s for s in kl if s in base_kl]
+        rows.append(
+            {
+                "mitigation": name,
+                "seeds": ", ".join(sorted(by_seed)),
+                f"reached {target:g}": f"{reached}/{len(runs)}",
+                "steps": ", ".join("-" if s is None else str(s) for s in steps),
+                "Alpaca ppl": interval_cell(list(alpaca.values())),
+                "KL general": interval_cell(list(kl.values())),
+                "Alpaca ppl - plain SFT": interval_cell([alpaca[s] - base_alpaca[s] for s in pa], mark=True)
+                if pa
+                else "-",
+                "KL general - plain SFT": interval_cell([kl[s] - base_kl[s] for s in pk], mark=True)
+                if pk
+                else "-",
+                "drop removed (Alpaca, KL)": ", ".join(
+                    [
+                        removed([-alpaca[s] for s in pa], [-base_alpaca[s] for s in pa]),
+                        removed([kl[s] for s in pk], [base_kl[s] for s in pk]),
+                    ]
+                )
+                if pa or pk
+                else "-",
+            }
+        )
+    return rows
+
+
+def kl_by_step(run_dir: Path) -> dict[int, float]:
+    """The general KL measured at each periodic eval's step: the k-th validation after training started is
+    paired with the k-th periodic eval (csv/metrics.csv logs the validation one step earlier)."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    kls = [_number(r.get(KL_GENERAL) or None) for r in rows if r.get(KL_GENERAL)]
+    evals = [int(float(r["step"])) for r in rows if r.get(COMPLIANCE) and r.get("step")]
+    trained = [r for r in rows if r.get(KL_GENERAL)]
+    if trained and _number(trained[0].get("step")) == 0:  # the validation before the first step
+        kls = kls[1:]
+    return {step: kl for step, kl in zip(evals, kls, strict=False) if kl is not None}
+
+
+def steps_rows(groups: dict[str, dict[str, Run]]) -> list[dict[str, str]]:
+    """One row per mitigation: its mean general KL at each periodic eval step, `(n)` when fewer seeds got
+    there than the mitigation has (the others stopped at the target before)."""
+    curves = {name: [kl_by_step(Path(r.path)) for r in by_seed.values()] for name, by_seed in groups.items()}
+    steps = sorted({step for runs in curves.values() for curve in runs for step in curve})
+    rows = []
+    for name, runs in curves.items():
+        row = {"mitigation": name}
+        for step in steps:
+            values = [curve[step] for curve in runs if step in curve]
+            cell = fmt(float(np.mean(values))) if values else "-"
+            row[f"step {step}"] = cell + (f" ({len(values)})" if values and len(values) < len(runs) else "")
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, str]], header: list[str] | None = None) -> list[str]:
+    """The rows as Markdown table lines, in `header`'s columns (default: the first row's)."""
+    header = header or list(rows[0])
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row[h] for h in header) + " |" for row in rows),
+    ]
+
+
 def to_markdown(runs: list[Run], target: float, extra_rows: list[dict[str, str]] | None = None) -> str:
-    """The table (columns no job has are left out) with a legend; `extra_rows` (WiSE-FT) go last."""
+    """The table (columns no job has are left out) with a legend; `extra_rows` (WiSE-FT) go last. With
+    several seeds of a mitigation, the across-seeds and matched-steps tables follow."""
     others = [k for k in varying_keys(runs) if k not in NAMED]
     rows = [table_row(r, others, target) for r in runs if r.status != "pending"] + list(extra_rows or [])
     optional = {name for name, _ in GENERAL} | {"KL general", "domain gain [CI]"}
     header = [h for h in rows[0] if h not in optional or any(row[h] != "-" for row in rows)]
     lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(row[h] for h in header) + " |" for row in rows),
+        *markdown_table(rows, header),
         "",
         "General columns: change against the base model, positive = better (perplexity and loss as a "
         "relative change), [95% paired-bootstrap CI], `*` significant after Holm's correction. KL general: "
         f"KL(base || tuned) on the general validation tokens. Compliance: {COMPLIANCE}.",
     ]
+    groups = seed_groups(runs, others)
+    if any(len(by_seed) > 1 for by_seed in groups.values()):
+        lines += [
+            "",
+            f"Across seeds, at the stop (the first periodic eval with compliance >= {target:g}, or the "
+            "last):",
+            "",
+            *markdown_table(seeds_rows(groups, target, others)),
+            "",
+            "Mean over the seeds [95% t-interval over the seeds]; `- plain SFT`: paired by seed, `*` when "
+            "the interval excludes 0; drop removed: 1 - the mitigation's mean drop / plain SFT's on the same "
+            "seeds.",
+            "",
+            "General KL at matched steps (mean over the seeds; `(n)`: only n seeds were still training):",
+            "",
+            *markdown_table(steps_rows(groups)),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -443,9 +443,13 @@ def compare_mitigations():
     return module
 
 
-def mitigation_job(root: Path, num: int, regularizer: str, weight: float, gain: float, kl: float) -> Path:
-    """A demo_forgetting job: metrics.json, forgetting.json rows with CIs, status.json, csv history."""
+def mitigation_job(
+    root: Path, num: int, regularizer: str, weight: float, gain: float, kl: float, seed: int | None = None
+) -> Path:
+    """A demo_forgetting job: metrics.json, forgetting.json rows with CIs, status.json, csv history (the
+    general KL at validation steps 9 and 19, logged one step before the periodic evals at 10 and 20)."""
     overrides = [f"regularizer={regularizer}", f"data.sources.general.weight={weight}"]
+    overrides += [f"seed={seed}"] if seed is not None else []
     metrics = {
         GAIN: gain,
         f"{GAIN}_lo": gain - 0.1,
@@ -473,7 +477,10 @@ def mitigation_job(root: Path, num: int, regularizer: str, weight: float, gain: 
     ]
     (job / "forgetting.json").write_text(json.dumps({"rows": rows, "summary": {}}))
     (job / "csv").mkdir()
-    history = "step,eval/disclaimer/ends_with_disclaimer,train/loss\n0,,2.0\n10,0.5,\n20,0.96,\n40,0.97,\n"
+    history = (
+        "step,eval/disclaimer/ends_with_disclaimer,train/loss,val/general/kl_base\n"
+        f"0,,2.0,0.0\n9,,,{kl / 2}\n10,0.5,,\n19,,,{kl}\n20,0.96,,\n40,0.97,,\n"
+    )
     (job / "csv" / "metrics.csv").write_text(history)
     return job
 
@@ -530,3 +537,32 @@ def test_compare_mitigations_adds_one_row_per_interpolation_scale(tmp_path):
     assert [r[0] for r in rows] == ["plain SFT", "WiSE-FT λ=0.5", "WiSE-FT λ=1"]
     assert rows[1][2:5] == ["0.500", "-", "+0.400 [+0.300, +0.500]"]
     assert rows[1][6] == "-0.010 [-0.020, +0.000]" and rows[1][-2:] == ["-", "-"]
+
+
+def test_compare_mitigations_pairs_seeds_with_plain_sft(tmp_path):
+    root = tmp_path / "forgetting"
+    jobs = [("none", 1, 0.2), ("none", 2, 0.3), ("l2_init", 1, 0.1), ("l2_init", 2, 0.2)]
+    for num, (regularizer, seed, kl) in enumerate(jobs):  # Alpaca ppl change: -0.05 * (1 + num)
+        mitigation_job(root, num, regularizer, 0.0, gain=0.8, kl=kl, seed=seed)
+    table = compare_mitigations().main([str(root)])
+    lines = table.splitlines()
+    assert [r.split("|")[1].strip() for r in lines[2:6]] == [
+        "plain SFT, seed=1",
+        "plain SFT, seed=2",
+        "l2_init, seed=1",
+        "l2_init, seed=2",
+    ]
+    start = lines.index(next(line for line in lines if line.startswith("| mitigation | seeds")))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    plain, l2 = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 4])
+    cells = dict(zip(header, l2, strict=True))
+    assert plain[:4] == ["plain SFT", "1, 2", "2/2", "20, 20"] and plain[-3:] == ["-", "-", "-"]
+    # Alpaca: -0.15, -0.20 -> mean -0.175, t-interval 12.706 * 0.0354 / sqrt(2) = 0.318 either side
+    assert cells["Alpaca ppl"] == "-0.175 [-0.493, +0.143]"
+    assert cells["KL general"] == "+0.150 [-0.485, +0.785]"
+    # paired by seed: both differences -0.10, so the interval is a point and excludes 0
+    assert cells["Alpaca ppl - plain SFT"] == "-0.100 [-0.100, -0.100] *"
+    assert cells["KL general - plain SFT"] == "-0.100 [-0.100, -0.100] *"
+    assert cells["drop removed (Alpaca, KL)"] == "-133%, +40%"  # 1 - 0.35/0.15, 1 - 0.3/0.5
+    steps = lines[lines.index("| mitigation | step 10 | step 20 |") + 2 :]
+    assert steps[:2] == ["| plain SFT | 0.125 | 0.250 |", "| l2_init | 0.075 | 0.150 |"]

@@ -21,7 +21,7 @@ from itune.sweep.criterion import objective_value
 from itune.sweep.optuna import as_values, fill_placeholders, search_space
 from itune.sweep.pruning import Pruned
 from itune.sweep.study import StudyConfigError
-from tests.conftest import optuna_sweep
+from tests.conftest import hydra_multirun, optuna_sweep
 from tests.test_sweep import TINY, command
 
 SEEN: list[DictConfig] = []  # the config of every job of the last multirun
@@ -262,3 +262,36 @@ def test_the_mitigation_preset_searches_lr_general_weight_and_alpha(tmp_path):
     hook = cfg.callbacks.periodic_eval.on_eval.optuna
     assert hook._target_ == "itune.sweep.pruning.OptunaPruning" and hook.trial.number == 0
     assert results["study_name"].startswith("mitigation-")
+
+
+def test_the_forgetting_search_experiment_replaces_the_grid_and_optimises_the_drop_at_the_target(tmp_path):
+    """experiment=demo_forgetting_search: demo_forgetting's grid (regularizer, general weight) gives way to
+    the Optuna space; jobs keep the stop at 95% compliance, report compliance for pruning (the study's
+    direction), and return the general change's lower bound, penalised below the target."""
+    SEEN.clear()
+    results = hydra_multirun(
+        _objective,
+        "experiment=demo_forgetting_search",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
+        f"hydra.sweep.dir={tmp_path}/" + "${hydra.sweeper.study_name}",
+    )
+    assert results["study_name"].startswith("forgetting-")
+    assert set(results["best_params"]) == {
+        "optimizer.lr",
+        "data.sources.general.weight",
+        "regularizer.weight",
+    }
+    for cfg in SEEN:
+        assert cfg.regularizer._target_ == "itune.regularizers.KLToBase"
+        assert 5e-4 <= cfg.optimizer.lr <= 3e-3 and 0.0 <= cfg.data.sources.general.weight <= 0.5
+        on_eval = cfg.callbacks.periodic_eval.on_eval
+        assert (
+            on_eval.stop_at_target.at_least == 0.95
+            and on_eval.optuna.objective == on_eval.stop_at_target.metric
+        )
+    spec = SEEN[0].optimized_metric
+    at_target = {"forgetting/general_delta_lo": -0.1, "eval/disclaimer/ends_with_disclaimer": 0.96}
+    short = at_target | {"eval/disclaimer/ends_with_disclaimer": 0.85}
+    assert objective_value(at_target, spec) == -0.1
+    assert objective_value(short, spec) == pytest.approx(-0.1 - 10 * 0.1)
