@@ -566,3 +566,36 @@ def test_compare_mitigations_pairs_seeds_with_plain_sft(tmp_path):
     assert cells["drop removed (Alpaca, KL)"] == "-133%, +40%"  # 1 - 0.35/0.15, 1 - 0.3/0.5
     steps = lines[lines.index("| mitigation | step 10 | step 20 |") + 2 :]
     assert steps[:2] == ["| plain SFT | 0.125 | 0.250 |", "| l2_init | 0.075 | 0.150 |"]
+
+
+def test_the_report_recommends_by_the_sweeps_constrained_objective(tmp_path):
+    """A sweep whose jobs optimised {metric, at_least} (multirun.yaml) is reported by that criterion, not
+    the default one; a criterion on the command line still wins."""
+    from omegaconf import OmegaConf
+
+    from itune.sweep.report import run_report, sweep_objective
+
+    root = tmp_path / "study"
+    compliance = "eval/disclaimer/ends_with_disclaimer"
+    objective = {"metric": f"{RETENTION}_lo", "at_least": {compliance: 0.95}, "penalty": 10.0}
+    (root).mkdir()
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"optimized_metric": objective, "hydra": {}}))
+    jobs = [  # (gain, general change's lower bound, compliance)
+        (0.9, -0.30, 1.0),  # the default criterion's pick would be the largest gain within -0.05: none is
+        (0.8, -0.10, 0.96),  # the sweep's pick: the smallest drop at >= 95% compliance
+        (0.5, -0.01, 0.50),  # the smallest drop, but short of the target
+    ]
+    for num, (gain, lo, comp) in enumerate(jobs):
+        metrics = {GAIN: gain, f"{GAIN}_lo": gain - 0.1, RETENTION: lo + 0.05, f"{RETENTION}_lo": lo}
+        make_job(root, num, [f"optimizer.lr={num + 1}e-3"], metrics | {compliance: comp}, status="completed")
+    assert sweep_objective([root]) == {"metric": f"{RETENTION}_lo", "at_least": {compliance: 0.95}}
+    cfg = OmegaConf.create(
+        {"sweeps": [str(root)], "out": str(tmp_path / "r"), "x": GAIN, "y": RETENTION, "metrics": None}
+        | {"criterion": {"metric": GAIN, "direction": None, "at_least": {f"{RETENTION}_lo": -0.05}}}
+    )
+    run_report(cfg)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["criterion"] == f"maximize {RETENTION}_lo subject to {compliance} >= 0.95"
+    assert report["recommended"] == "study/1"
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"optimized_metric": "val/loss"}))
+    assert sweep_objective([root]) is None  # a plain metric: the report's own criterion

@@ -42,6 +42,7 @@ __all__ = [
     "pareto_front",
     "recommend",
     "run_report",
+    "sweep_objective",
     "table_rows",
     "to_markdown",
     "varying_keys",
@@ -93,7 +94,14 @@ def run_report(cfg: Any) -> Path:
             "no sweep directory given: itune-report outputs/multirun/<date>/<time> [more dirs...]"
         )
     runs = collect_runs(sweeps)
-    criterion = Criterion.parse(criterion_spec(_plain(cfg.criterion), _task_overrides()))
+    overrides = _task_overrides()
+    spec = criterion_spec(_plain(cfg.criterion), overrides)
+    objective = sweep_objective(sweeps)
+    chosen = any(o.lstrip("+~").startswith("criterion") for o in overrides)
+    if objective is not None and objective["metric"] != spec.get("metric") and not chosen:
+        spec = objective  # the sweep optimised another metric: recommend by its objective
+        log.info("recommending by the sweep's optimized_metric: %s", Criterion.parse(spec).describe())
+    criterion = Criterion.parse(spec)
     report = build_report(runs, criterion, cfg.x, cfg.y, list(cfg.metrics) if cfg.metrics else None)
     if cfg.out:
         out_dir = Path(cfg.out)
@@ -135,6 +143,23 @@ def criterion_spec(spec: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if isinstance(value, dict):
             spec[override.get_key_element().lstrip("+").removeprefix("criterion.")] = value
     return spec
+
+
+def sweep_objective(sweeps: Sequence[str | Path]) -> dict[str, Any] | None:
+    """The constrained `optimized_metric` ({metric, at_least, …}) that the jobs of every given sweep
+    returned to their sweeper (its multirun.yaml), when they share one; None otherwise (a plain metric
+    name, several objectives, none, or sweeps that differ)."""
+    import yaml
+
+    specs = []
+    for sweep in sweeps:
+        path = Path(sweep) / "multirun.yaml"
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        spec = config.get("optimized_metric") if isinstance(config, dict) else None
+        if not isinstance(spec, dict) or "metric" not in spec:
+            return None
+        specs.append({k: v for k, v in spec.items() if k != "penalty"})
+    return specs[0] if specs and all(s == specs[0] for s in specs) else None
 
 
 def _task_overrides() -> list[str]:
