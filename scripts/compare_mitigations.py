@@ -47,7 +47,7 @@ GENERAL = [  # (column, forgetting.json metric): the general drops
     ("general rules", "eval/general_rules/no_disclaimer"),
     ("val general loss", "val/general/loss"),
 ]
-ALPACA = "eval/perplexity/alpaca_ppl"
+SEED_DROPS = [("Alpaca ppl", "eval/perplexity/alpaca_ppl"), ("leak rule", "eval/general_rules/no_disclaimer")]
 NAMED = ("regularizer", "regularizer.weight", "data.sources.general.weight")  # in the mitigation's name
 
 
@@ -186,9 +186,14 @@ def interval_cell(values: list[float], mark: bool = False) -> str:
     return f"{fmt(mean, True)} [{fmt(lo, True)}, {fmt(hi, True)}]{star}"
 
 
-def alpaca_change(run: Run) -> float | None:
-    """The job's Alpaca perplexity change against the base (relative, negative = worse)."""
-    return forgetting_rows(Path(run.path)).get(ALPACA, {}).get("improvement")
+def seed_measures(run: Run) -> dict[str, float]:
+    """The job's general drops at its stop, positive = worse: Alpaca perplexity's relative rise, the leak
+    rule's fall and the KL to the base on general validation tokens (absent ones left out)."""
+    rows = forgetting_rows(Path(run.path))
+    changes = {name: rows.get(metric, {}).get("improvement") for name, metric in SEED_DROPS}
+    drops = {name: -v for name, v in changes.items() if v is not None}
+    kl = run.metrics.get(KL_GENERAL)
+    return drops | ({"KL general": kl} if kl is not None else {})
 
 
 def seed_groups(runs: list[Run], others: list[str]) -> dict[str, dict[str, Run]]:
@@ -216,43 +221,33 @@ def removed(arm: list[float], plain: list[float]) -> str:
 def seeds_rows(groups: dict[str, dict[str, Run]], target: float, others: list[str]) -> list[dict[str, str]]:
     """One row per mitigation: its seeds, how many reached `target`, the steps it took, the general drops
     at the stop (mean [95% t-interval over seeds]) and, paired by seed, their difference to plain SFT."""
+    names = [name for name, _ in SEED_DROPS] + ["KL general"]
     rows = []
     for name, by_seed in groups.items():
         runs = list(by_seed.values())
         reference = plain_name(runs[0], others)
-        plain = groups.get(reference, {}) if reference != name else {}
+        plain = (
+            {s: seed_measures(r) for s, r in groups.get(reference, {}).items()} if reference != name else {}
+        )
+        mine = {s: seed_measures(r) for s, r in by_seed.items()}
         steps = [first_step(Path(r.path), COMPLIANCE, target) for r in runs]
         reached = sum((r.metrics.get(COMPLIANCE) or 0.0) >= target for r in runs)
-        alpaca = {s: v for s, r in by_seed.items() if (v := alpaca_change(r)) is not None}
-        kl = {s: v for s, r in by_seed.items() if (v := r.metrics.get(KL_GENERAL)) is not None}
-        base_alpaca = {s: v for s, r in plain.items() if (v := alpaca_change(r)) is not None}
-        base_kl = {s: v for s, r in plain.items() if (v := r.metrics.get(KL_GENERAL)) is not None}
-        pa = [s for s in alpaca if s in base_alpaca]
-        pk = [s for s in kl if s in base_kl]
-        rows.append(
-            {
-                "mitigation": name,
-                "seeds": ", ".join(sorted(by_seed)),
-                f"reached {target:g}": f"{reached}/{len(runs)}",
-                "steps": ", ".join("-" if s is None else str(s) for s in steps),
-                "Alpaca ppl": interval_cell(list(alpaca.values())),
-                "KL general": interval_cell(list(kl.values())),
-                "Alpaca ppl - plain SFT": interval_cell([alpaca[s] - base_alpaca[s] for s in pa], mark=True)
-                if pa
-                else "-",
-                "KL general - plain SFT": interval_cell([kl[s] - base_kl[s] for s in pk], mark=True)
-                if pk
-                else "-",
-                "drop removed (Alpaca, KL)": ", ".join(
-                    [
-                        removed([-alpaca[s] for s in pa], [-base_alpaca[s] for s in pa]),
-                        removed([kl[s] for s in pk], [base_kl[s] for s in pk]),
-                    ]
-                )
-                if pa or pk
-                else "-",
-            }
-        )
+        row = {
+            "mitigation": name,
+            "seeds": ", ".join(by_seed),
+            f"reached {target:g}": f"{reached}/{len(runs)}",
+            "steps": ", ".join("-" if s is None else str(s) for s in steps),
+        }
+        removed_cells = []
+        for measure in names:
+            values = {s: m[measure] for s, m in mine.items() if measure in m}
+            paired = [s for s in values if measure in plain.get(s, {})]
+            row[measure] = interval_cell(list(values.values()))
+            diffs = [values[s] - plain[s][measure] for s in paired]
+            row[f"{measure} - plain SFT"] = interval_cell(diffs, mark=True)
+            removed_cells.append(removed([values[s] for s in paired], [plain[s][measure] for s in paired]))
+        row["drop removed"] = ", ".join(removed_cells) if plain else "-"
+        rows.append(row)
     return rows
 
 
@@ -321,9 +316,10 @@ def to_markdown(runs: list[Run], target: float, extra_rows: list[dict[str, str]]
             "",
             *markdown_table(seeds_rows(groups, target, others)),
             "",
-            "Mean over the seeds [95% t-interval over the seeds]; `- plain SFT`: paired by seed, `*` when "
-            "the interval excludes 0; drop removed: 1 - the mitigation's mean drop / plain SFT's on the same "
-            "seeds.",
+            "General drops, positive = worse (Alpaca perplexity's relative rise, the leak rule's fall, the "
+            "KL): mean over the seeds [95% t-interval over the seeds]; `- plain SFT`: paired by seed, `*` "
+            "when the interval excludes 0; drop removed (same order): 1 - the mitigation's mean drop / plain "
+            "SFT's on the same seeds.",
             "",
             "General KL at matched steps (mean over the seeds; `(n)`: only n seeds were still training):",
             "",

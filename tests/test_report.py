@@ -556,14 +556,15 @@ def test_compare_mitigations_pairs_seeds_with_plain_sft(tmp_path):
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     plain, l2 = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 4])
     cells = dict(zip(header, l2, strict=True))
-    assert plain[:4] == ["plain SFT", "1, 2", "2/2", "20, 20"] and plain[-3:] == ["-", "-", "-"]
-    # Alpaca: -0.15, -0.20 -> mean -0.175, t-interval 12.706 * 0.0354 / sqrt(2) = 0.318 either side
-    assert cells["Alpaca ppl"] == "-0.175 [-0.493, +0.143]"
+    assert plain[:4] == ["plain SFT", "1, 2", "2/2", "20, 20"] and plain[-2:] == ["-", "-"]
+    # drops, positive = worse. Alpaca: 0.15, 0.20 -> mean 0.175, t-interval 12.706 * 0.0354 / sqrt(2) = 0.318
+    assert cells["Alpaca ppl"] == "+0.175 [-0.143, +0.493]"
     assert cells["KL general"] == "+0.150 [-0.485, +0.785]"
-    # paired by seed: both differences -0.10, so the interval is a point and excludes 0
-    assert cells["Alpaca ppl - plain SFT"] == "-0.100 [-0.100, -0.100] *"
+    assert cells["leak rule"] == cells["leak rule - plain SFT"] == "-"  # no job measured it
+    # paired by seed: both differences 0.10 / -0.10, so the interval is a point and excludes 0
+    assert cells["Alpaca ppl - plain SFT"] == "+0.100 [+0.100, +0.100] *"
     assert cells["KL general - plain SFT"] == "-0.100 [-0.100, -0.100] *"
-    assert cells["drop removed (Alpaca, KL)"] == "-133%, +40%"  # 1 - 0.35/0.15, 1 - 0.3/0.5
+    assert cells["drop removed"] == "-133%, -, +40%"  # 1 - 0.35/0.15, no leak rule, 1 - 0.3/0.5
     steps = lines[lines.index("| mitigation | step 10 | step 20 |") + 2 :]
     assert steps[:2] == ["| plain SFT | 0.125 | 0.250 |", "| l2_init | 0.075 | 0.150 |"]
 
