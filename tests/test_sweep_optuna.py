@@ -284,7 +284,7 @@ def test_the_forgetting_search_experiment_replaces_the_grid_and_optimises_the_dr
     }
     for cfg in SEEN:
         assert cfg.regularizer._target_ == "itune.regularizers.KLToBase"
-        assert 5e-4 <= cfg.optimizer.lr <= 3e-3 and 0.0 <= cfg.data.sources.general.weight <= 0.5
+        assert 8e-4 <= cfg.optimizer.lr <= 3e-3 and 0.0 <= cfg.data.sources.general.weight <= 0.3
         on_eval = cfg.callbacks.periodic_eval.on_eval
         assert (
             on_eval.stop_at_target.at_least == 0.95
