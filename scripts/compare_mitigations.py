@@ -58,6 +58,16 @@ def _number(text: str | None) -> float | None:
         return None
 
 
+def short(value: str) -> str:
+    """A swept value for a name: numbers to 3 significant digits, other text as it is.
+
+    >>> short("0.0027464363002855097"), short("1e-3"), short("kl_base")
+    ('0.00275', '0.001', 'kl_base')
+    """
+    number = _number(value)
+    return value if number is None else f"{number:.3g}"
+
+
 def mitigation(overrides: dict[str, str], others: list[str]) -> str:
     """A job's name from its overrides: the regularizer, replay, then other swept keys.
 
@@ -65,17 +75,18 @@ def mitigation(overrides: dict[str, str], others: list[str]) -> str:
     'plain SFT'
     >>> mitigation({"regularizer": "kl_base", "data.sources.general.weight": "0.3", "optimizer.lr": "1e-3"},
     ...            ["optimizer.lr"])
-    'kl_base + replay (0.3), lr=1e-3'
+    'kl_base + replay (0.3), lr=0.001'
     """
     regularizer = overrides.get("regularizer", "none")
     weight = _number(overrides.get("data.sources.general.weight"))
-    replay = f"replay ({weight:g})" if weight else ""
+    replay = f"replay ({weight:.3g})" if weight else ""
     if regularizer in ("none", "null"):
         name = replay or "plain SFT"
     else:
         strength = overrides.get("regularizer.weight")
-        name = regularizer + (f" ({strength})" if strength else "") + (f" + {replay}" if replay else "")
-    extra = [f"{key.split('.')[-1]}={overrides[key]}" for key in others if key in overrides]
+        name = regularizer + (f" ({short(strength)})" if strength else "")
+        name += f" + {replay}" if replay else ""
+    extra = [f"{key.split('.')[-1]}={short(overrides[key])}" for key in others if key in overrides]
     return ", ".join([name, *extra])
 
 
