@@ -15,10 +15,11 @@ multiple choice and Alpaca perplexity need eval=demo_full). `--interpolation` ad
 concern, so `-`).
 
 Several seeds of the same mitigations (sweeps run with `seed=1`, `seed=2`, ... given together) add two tables:
-across seeds, one row per mitigation with the mean Alpaca perplexity change and general KL at the target,
-each with a 95% t-interval over the seeds, and the same two paired by seed with plain SFT (the difference,
-its interval, and how much of plain SFT's drop is removed); and the general KL at each periodic eval (matched
-steps, mean over the seeds that got there). Writes `<first sweep dir>/mitigations.md`.
+across seeds, one row per mitigation with its general drops at the stop (Alpaca perplexity's rise, the leak
+rule's fall, the general KL), each as the mean with a 95% t-interval over the seeds, and the same paired by
+seed with plain SFT (the difference, its interval, and how much of plain SFT's drop is removed); and the
+general KL at each periodic eval (matched steps, mean over the seeds that got there). Writes
+`<first sweep dir>/mitigations.md`.
 """
 
 from __future__ import annotations
@@ -272,8 +273,8 @@ def kl_by_step(run_dir: Path) -> dict[int, float]:
         rows = list(csv.DictReader(f))
     kls = [_number(r.get(KL_GENERAL) or None) for r in rows if r.get(KL_GENERAL)]
     evals = [int(float(r["step"])) for r in rows if r.get(COMPLIANCE) and r.get("step")]
-    trained = [r for r in rows if r.get(KL_GENERAL)]
-    if trained and _number(trained[0].get("step")) == 0:  # the validation before the first step
+    validations = [r for r in rows if r.get(KL_GENERAL)]
+    if validations and _number(validations[0].get("step")) == 0:  # the validation before the first step
         kls = kls[1:]
     return {step: kl for step, kl in zip(evals, kls, strict=False) if kl is not None}
 
