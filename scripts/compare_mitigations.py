@@ -234,14 +234,13 @@ def seeds_rows(groups: dict[str, dict[str, Run]], target: float, others: list[st
     """One row per mitigation: its seeds, how many reached `target`, the steps it took, the general drops
     at the stop (mean [95% t-interval over seeds]) and, paired by seed, their difference to plain SFT."""
     names = [name for name, _ in SEED_DROPS] + ["KL general"]
+    measures = {name: {s: seed_measures(r) for s, r in by_seed.items()} for name, by_seed in groups.items()}
     rows = []
     for name, by_seed in groups.items():
         runs = list(by_seed.values())
         reference = plain_name(runs[0], others)
-        plain = (
-            {s: seed_measures(r) for s, r in groups.get(reference, {}).items()} if reference != name else {}
-        )
-        mine = {s: seed_measures(r) for s, r in by_seed.items()}
+        plain = measures.get(reference, {}) if reference != name else {}
+        mine = measures[name]
         steps = [first_step(Path(r.path), COMPLIANCE, target) for r in runs]
         reached = sum((r.metrics.get(COMPLIANCE) or 0.0) >= target for r in runs)
         row = {
@@ -271,11 +270,11 @@ def kl_by_step(run_dir: Path) -> dict[int, float]:
         return {}
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    kls = [_number(r.get(KL_GENERAL) or None) for r in rows if r.get(KL_GENERAL)]
-    evals = [int(float(r["step"])) for r in rows if r.get(COMPLIANCE) and r.get("step")]
     validations = [r for r in rows if r.get(KL_GENERAL)]
     if validations and _number(validations[0].get("step")) == 0:  # the validation before the first step
-        kls = kls[1:]
+        validations = validations[1:]
+    evals = [int(float(r["step"])) for r in rows if r.get(COMPLIANCE) and r.get("step")]
+    kls = (_number(r[KL_GENERAL]) for r in validations)
     return {step: kl for step, kl in zip(evals, kls, strict=False) if kl is not None}
 
 

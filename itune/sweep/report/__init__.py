@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from itune.sweep.criterion import Criterion
-from itune.sweep.report.collect import STATUSES, Run, collect_runs, expected_grid, read_run, varying_keys
+from itune.sweep.report.collect import (
+    STATUSES,
+    Run,
+    collect_runs,
+    expected_grid,
+    multirun_config,
+    read_run,
+    varying_keys,
+)
 from itune.sweep.report.html import to_html
 from itune.sweep.report.plots import number, plot_by_override, plot_tradeoff
 from itune.sweep.report.render import show, table_rows, to_csv, to_markdown
@@ -149,13 +157,10 @@ def sweep_objective(sweeps: Sequence[str | Path]) -> dict[str, Any] | None:
     """The constrained `optimized_metric` ({metric, at_least, …}) that the jobs of every given sweep
     returned to their sweeper (its multirun.yaml), when they share one; None otherwise (a plain metric
     name, several objectives, none, or sweeps that differ)."""
-    import yaml
-
     specs = []
     for sweep in sweeps:
-        path = Path(sweep) / "multirun.yaml"
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        spec = config.get("optimized_metric") if isinstance(config, dict) else None
+        config = multirun_config(Path(sweep))
+        spec = config.get("optimized_metric") if config else None
         if not isinstance(spec, dict) or "metric" not in spec:
             return None
         specs.append({k: v for k, v in spec.items() if k != "penalty"})

@@ -99,12 +99,20 @@ def _job_dirs(root: Path) -> list[Path]:
     return sorted(found, key=order)
 
 
-def expected_grid(sweep_dir: Path) -> list[dict[str, str]] | None:
-    """The override combinations of a basic-sweeper grid from multirun.yaml (None for other sweepers)."""
+def multirun_config(sweep_dir: Path) -> dict[str, Any] | None:
+    """The sweep's multirun.yaml (the config Hydra saved for the whole sweep), None when it has none."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
-    conf = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return conf if isinstance(conf, dict) else {}
+
+
+def expected_grid(sweep_dir: Path) -> list[dict[str, str]] | None:
+    """The override combinations of a basic-sweeper grid from multirun.yaml (None for other sweepers)."""
+    conf = multirun_config(sweep_dir)
+    if conf is None:
+        return None
     hydra = conf.get("hydra") or {}
     if not str((hydra.get("sweeper") or {}).get("_target_", "")).endswith("BasicSweeper"):
         return None
